@@ -1,0 +1,73 @@
+"""Celery configuration for vip-bundles (`celery -A tasks ...` loads it).
+
+Values come from the environment through `vip_bundles.settings`; see the README for the list.
+"""
+
+from kombu import Exchange, Queue
+
+from vip_bundles.settings import get_settings
+
+_s = get_settings()
+
+broker_url = _s.broker
+result_backend = _s.backend
+
+# JSON only: a pickled message is refused by the worker, never executed.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+
+# At-least-once: a task is acked after it ran, and requeued if its worker dies mid-task.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+task_time_limit = _s.task_time_limit_s
+task_soft_time_limit = _s.task_time_limit_s - 10
+result_expires = _s.result_expires_s
+result_extended = True  # task name and args stored with the result (Flower, debugging)
+
+_redis_options = {
+    "visibility_timeout": _s.visibility_timeout_s,
+    "global_keyprefix": _s.key_prefix,
+}
+if broker_url.startswith(("redis://", "rediss://", "unix://")):
+    broker_transport_options = _redis_options
+if result_backend.startswith(("redis://", "rediss://")):
+    result_backend_transport_options = _redis_options
+broker_connection_retry_on_startup = True
+
+# Queues: intake (the public door), the forward booking steps, and compensations, so that
+# undo work never waits behind a flood of new bookings. A worker without -Q consumes all three.
+INTAKE_QUEUE = "vip-bundles"
+BOOKING_QUEUE = "vip-bundles.booking"
+COMPENSATION_QUEUE = "vip-bundles.compensation"
+_exchange = Exchange("vip-bundles", type="direct")
+task_queues = [
+    Queue(q, _exchange, routing_key=q) for q in (INTAKE_QUEUE, BOOKING_QUEUE, COMPENSATION_QUEUE)
+]
+task_default_queue = BOOKING_QUEUE
+task_default_exchange = "vip-bundles"
+task_default_routing_key = BOOKING_QUEUE
+task_routes = {
+    "vip_bundle.book": {"queue": INTAKE_QUEUE, "routing_key": INTAKE_QUEUE},
+    "vip_bundle.compensation.*": {"queue": COMPENSATION_QUEUE, "routing_key": COMPENSATION_QUEUE},
+    "vip_bundle.process_manager.*": {
+        "queue": COMPENSATION_QUEUE,
+        "routing_key": COMPENSATION_QUEUE,
+    },
+}
+
+# Flower and `celery events` see every task, including when it was sent.
+worker_send_task_events = True
+task_send_sent_event = True
+task_track_started = True
+
+# The reconciler (see tasks/reconcile.py) runs under `celery -A tasks beat`.
+beat_schedule = {
+    "reconcile-vip-bundles": {
+        "task": "vip_bundle.reconcile",
+        "schedule": _s.reconcile_every_s,
+        "options": {"queue": COMPENSATION_QUEUE, "expires": _s.reconcile_every_s},
+    },
+}

@@ -1,0 +1,36 @@
+"""`python -m partner_simulator [--host H] [--port P] [--latency-ms N]`: serve the simulator."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import uvicorn
+
+from partner_simulator.app import DEFAULT_MAX_CALLS, create_app
+from partner_simulator.server import bind_socket, url_for, uvicorn_config
+
+log = logging.getLogger("partner_simulator")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m partner_simulator", description="In-memory partner simulator."
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8888, help="0 picks a free port")
+    parser.add_argument("--latency-ms", type=int, default=0, help="delay on every partner call")
+    parser.add_argument("--max-calls", type=int, default=DEFAULT_MAX_CALLS, help="call log size")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Bind here rather than in uvicorn so the banner shows the real port when --port 0.
+    sock = bind_socket(args.host, args.port)
+    url = url_for(args.host, sock.getsockname()[1])
+    log.info("partner simulator listening on %s (latency %d ms)", url, args.latency_ms)
+    app = create_app(latency_ms=args.latency_ms, max_calls=args.max_calls)
+    uvicorn.Server(uvicorn_config(app)).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main()

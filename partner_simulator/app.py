@@ -1,0 +1,559 @@
+"""In-memory simulator of the four partners in /work/shared/partners-api.md, plus /_sim controls.
+
+Everything lives in one `SimulatorState`. Handlers are async but never `await` between reading
+and updating state (the only awaits are reading the body and the injected delay, both before
+any check), so on the single event loop each request's check-and-update is atomic: two requests
+racing for the last seats can never both get them, and a replayed key is never booked twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+DEFAULT_SEATS = 1_000_000
+DEFAULT_MAX_CALLS = 200_000
+SIM_PREFIX = "/_sim"
+SHOW_BOOKING_PATH = "/dead-nation-api/ticket/booking"
+FLIGHTS_PATH = "/transportation-api/flight-tickets"
+REFUNDS_PATH = "/payments-api/refunds"
+VOID_RECEIPT_PATH = "/receipts-api/void-receipt"
+RECEIPTS_PATH = "/receipts-api/receipts"
+ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+# ---------------------------------------------------------------------------------------------
+# Request bodies. Strict so that "2" is not a number of tickets; extra fields are ignored.
+# Ids are opaque non-empty strings: the contract says "uuid" but clients' keys need not be.
+
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+class ShowBookingIn(_Body):
+    booking_id: NonEmptyStr
+    customer_address: str
+    event_id: NonEmptyStr
+    number_of_tickets: int = Field(ge=1)
+
+
+class FlightBookingIn(_Body):
+    customer_email: str
+    flight_id: NonEmptyStr
+    passenger_names: list[str] = Field(min_length=1)
+    reference_id: str
+    idempotency_key: NonEmptyStr
+
+
+class RefundIn(_Body):
+    payment_reference: NonEmptyStr
+    reason: str
+    deduplication_id: NonEmptyStr
+
+
+class VoidReceiptIn(_Body):
+    ticket_id: NonEmptyStr
+    reason: str
+    idempotent_id: NonEmptyStr
+
+
+class SeatsIn(_Body):
+    seats: int = Field(ge=0)
+
+
+class LatencyIn(_Body):
+    delay_ms: int = Field(ge=0)
+
+
+class FaultIn(_Body):
+    path_prefix: str
+    status: int | None = Field(default=None, ge=0, le=599)
+    times: int | None = Field(default=None, ge=0)
+    delay_ms: int = Field(default=0, ge=0)
+    rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    seed: int = 0
+    methods: list[str] | None = None
+
+
+Model = TypeVar("Model", bound=_Body)
+
+# ---------------------------------------------------------------------------------------------
+# State
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a partner endpoint answers; cached as is for idempotent replays."""
+
+    status: int
+    body: Any = None  # None -> empty body (204)
+
+    def response(self) -> Response:
+        if self.body is None:
+            return Response(status_code=self.status)
+        return JSONResponse(self.body, status_code=self.status)
+
+
+def _error(status: int, message: str, field_name: str | None = None) -> Answer:
+    body: dict[str, str] = {"error": message}
+    if field_name is not None:
+        body["field"] = field_name
+    return Answer(status, body)
+
+
+@dataclass
+class FaultRule:
+    path_prefix: str
+    status: int | None  # None: only delay, then answer normally
+    times: int | None  # remaining budget; None: unlimited
+    delay_ms: int
+    rate: float | None
+    methods: frozenset[str] | None
+    rng: random.Random
+
+    def fires(self, method: str, path: str) -> bool:
+        if not path.startswith(self.path_prefix):
+            return False
+        if self.methods is not None and method not in self.methods:
+            return False
+        if self.times is not None and self.times <= 0:
+            return False
+        if self.rate is not None and self.rng.random() >= self.rate:
+            return False
+        if self.times is not None:
+            self.times -= 1
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "path_prefix": self.path_prefix,
+            "status": self.status,
+            "times": self.times,
+            "delay_ms": self.delay_ms,
+            "rate": self.rate,
+            "methods": sorted(self.methods) if self.methods is not None else None,
+        }
+
+
+@dataclass
+class SimulatorState:
+    default_seats: int = DEFAULT_SEATS
+    max_calls: int = DEFAULT_MAX_CALLS
+    initial_latency_ms: int = 0
+    latency_ms: int = -1  # -1: take initial_latency_ms
+    # Seats left per show/flight; absent means default_seats.
+    show_seats: dict[str, int] = field(default_factory=dict)
+    flight_seats: dict[str, int] = field(default_factory=dict)
+    # Flight tickets as served by GET, by ticket id, plus indexes for the filtered GET.
+    flight_tickets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tickets_by_reference: dict[str, list[str]] = field(default_factory=dict)
+    tickets_by_flight: dict[str, list[str]] = field(default_factory=dict)
+    refunds: list[dict[str, Any]] = field(default_factory=list)
+    receipts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # First answer per (path, idempotency key).
+    answers: dict[tuple[str, str], Answer] = field(default_factory=dict)
+    faults: list[FaultRule] = field(default_factory=list)
+    calls: deque[dict[str, Any]] = field(default_factory=deque)
+    # Survives reset so that a poller's `since` cursor stays valid.
+    seq: int = 0
+
+    def __post_init__(self) -> None:
+        if self.latency_ms < 0:
+            self.latency_ms = self.initial_latency_ms
+        self.calls = deque(self.calls, maxlen=self.max_calls)
+
+    def reset(self) -> None:
+        fresh = SimulatorState(
+            default_seats=self.default_seats,
+            max_calls=self.max_calls,
+            initial_latency_ms=self.initial_latency_ms,
+            seq=self.seq,
+        )
+        vars(self).update(vars(fresh))
+
+    # -- faults and call log ------------------------------------------------------------------
+
+    def take_fault(self, method: str, path: str) -> FaultRule | None:
+        for rule in self.faults:
+            if rule.fires(method, path):
+                if rule.times == 0:
+                    self.faults.remove(rule)  # spent; keeps the scan short
+                return rule
+        return None
+
+    def record_call(self, **entry: Any) -> None:
+        self.seq += 1
+        self.calls.append({"seq": self.seq, **entry})
+
+    def calls_since(self, since: int, path_prefix: str | None) -> list[dict[str, Any]]:
+        # Seqs in the log are contiguous and end at self.seq, so the tail is found without a scan.
+        newer = min(len(self.calls), max(self.seq - since, 0))
+        selected = list(islice(reversed(self.calls), newer))
+        selected.reverse()
+        if path_prefix:
+            selected = [c for c in selected if c["path"].startswith(path_prefix)]
+        return selected
+
+    # -- partner effects (synchronous: see module docstring) -----------------------------------
+
+    def book_show(self, req: ShowBookingIn) -> Answer:
+        left = self.show_seats.get(req.event_id, self.default_seats)
+        if left < req.number_of_tickets:
+            return _error(409, f"event {req.event_id}: {left} seats left")
+        self.show_seats[req.event_id] = left - req.number_of_tickets
+        ticket_ids = [str(uuid.uuid4()) for _ in range(req.number_of_tickets)]
+        for ticket_id in ticket_ids:
+            receipt = {"ticket_id": ticket_id, "voided": False, "void_reason": None}
+            self.receipts[ticket_id] = receipt
+        return Answer(201, {"booking_id": req.booking_id, "ticket_ids": ticket_ids})
+
+    def book_flight(self, req: FlightBookingIn) -> Answer:
+        left = self.flight_seats.get(req.flight_id, self.default_seats)
+        if left < len(req.passenger_names):
+            return _error(409, f"flight {req.flight_id}: {left} seats left")
+        self.flight_seats[req.flight_id] = left - len(req.passenger_names)
+        ticket_ids = []
+        for name in req.passenger_names:
+            ticket_id = str(uuid.uuid4())
+            ticket_ids.append(ticket_id)
+            self.flight_tickets[ticket_id] = {
+                "ticket_id": ticket_id,
+                "flight_id": req.flight_id,
+                "reference_id": req.reference_id,
+                "passenger_name": name,
+                "customer_email": req.customer_email,
+                "cancelled": False,
+            }
+            self.tickets_by_reference.setdefault(req.reference_id, []).append(ticket_id)
+            self.tickets_by_flight.setdefault(req.flight_id, []).append(ticket_id)
+        return Answer(201, {"ticket_ids": ticket_ids})
+
+    def cancel_flight_ticket(self, ticket_id: str) -> Answer:
+        ticket = self.flight_tickets.get(ticket_id)
+        if ticket is None or ticket["cancelled"]:
+            return _error(404, f"no active flight ticket {ticket_id}")
+        ticket["cancelled"] = True
+        flight_id = ticket["flight_id"]
+        self.flight_seats[flight_id] = self.flight_seats.get(flight_id, self.default_seats) + 1
+        return Answer(204)
+
+    def list_flight_tickets(
+        self, reference_id: str | None = None, flight_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        if reference_id is not None:
+            ids = self.tickets_by_reference.get(reference_id, [])
+        elif flight_id is not None:
+            ids = self.tickets_by_flight.get(flight_id, [])
+        else:
+            return list(self.flight_tickets.values())
+        tickets = [self.flight_tickets[i] for i in ids]
+        if reference_id is not None and flight_id is not None:
+            tickets = [t for t in tickets if t["flight_id"] == flight_id]
+        return tickets
+
+    def refund(self, req: RefundIn) -> Answer:
+        refund_id = str(uuid.uuid4())
+        self.refunds.append(
+            {
+                "refund_id": refund_id,
+                "payment_reference": req.payment_reference,
+                "reason": req.reason,
+                "deduplication_id": req.deduplication_id,
+            }
+        )
+        return Answer(201, {"refund_id": refund_id, "payment_reference": req.payment_reference})
+
+    def void_receipt(self, req: VoidReceiptIn) -> Answer:
+        receipt = self.receipts.get(req.ticket_id)
+        if receipt is None:
+            receipt = self.receipts[req.ticket_id] = {"ticket_id": req.ticket_id}
+        if not receipt.get("voided"):  # a receipt is voided once; the first reason stays
+            receipt["voided"] = True
+            receipt["void_reason"] = req.reason
+        return Answer(200, {"ticket_id": req.ticket_id, "voided": True})
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP plumbing
+
+# (state, request, parsed JSON body or _MALFORMED) -> answer. Must not await: see docstring.
+Effect = Callable[[SimulatorState, Request, Any], Answer]
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+_MALFORMED = object()
+
+
+def _parse_json(raw: bytes) -> Any:
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:  # includes UnicodeDecodeError
+        return _MALFORMED
+
+
+def _validate(model: type[Model], body: Any) -> Model | Answer:
+    if body is _MALFORMED:
+        return _error(400, "malformed JSON body", "body")
+    if not isinstance(body, dict):
+        return _error(400, "body must be a JSON object", "body")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = first["loc"]
+        return _error(400, f"{first['msg']}", str(loc[0]) if loc else "body")
+
+
+def _keyed(
+    model: type[Model], key_field: str, effect: Callable[[SimulatorState, Model], Answer]
+) -> Effect:
+    """A mutating endpoint: validate, check the key, replay the first answer or run the effect."""
+
+    def run(state: SimulatorState, request: Request, body: Any) -> Answer:
+        parsed = _validate(model, body)
+        if isinstance(parsed, Answer):
+            return parsed
+        key: str = getattr(parsed, key_field)
+        header = request.headers.get("idempotency-key")
+        if header is not None and header != key:
+            return _error(
+                400, f"Idempotency-Key header differs from body field {key_field}", key_field
+            )
+        cache_key = (request.scope["path"], key)
+        cached = state.answers.get(cache_key)
+        if cached is not None:
+            return cached
+        answer = effect(state, parsed)
+        state.answers[cache_key] = answer  # 409s too: a replay must not book later freed seats
+        return answer
+
+    return run
+
+
+def _partner(state: SimulatorState, effect: Effect) -> Endpoint:
+    """Wrap a partner effect with latency, fault injection and the call log."""
+
+    async def endpoint(request: Request) -> Response:
+        at = time.time()
+        raw = await request.body()
+        method: str = request.scope["method"]
+        path: str = request.scope["path"]
+        # Budget is taken before sleeping so concurrent requests cannot overspend a rule.
+        rule = state.take_fault(method, path)
+        delay_ms = state.latency_ms + (rule.delay_ms if rule is not None else 0)
+        if delay_ms:
+            await asyncio.sleep(delay_ms / 1000)
+        # No await from here on: the check-and-update below is atomic on the event loop.
+        body = _parse_json(raw)
+        fault_status = rule.status if rule is not None else None
+        if fault_status:
+            answer = _error(fault_status, "injected fault")  # no effect, not cached
+        else:
+            answer = effect(state, request, body)
+        state.record_call(
+            at=at,
+            method=method,
+            path=path,
+            headers=dict(request.headers),
+            body=None if body is _MALFORMED else body,
+            status=answer.status,
+            delay_ms=delay_ms,
+            fault=bool(fault_status),
+        )
+        return answer.response()
+
+    return endpoint
+
+
+def _json(body: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(body, status_code=status)
+
+
+def _bad_request(answer: Answer) -> JSONResponse:
+    return _json(answer.body, answer.status)
+
+
+def _cancel(state: SimulatorState, request: Request, body: Any) -> Answer:
+    return state.cancel_flight_ticket(request.path_params["ticket_id"])
+
+
+def _list_tickets(state: SimulatorState, request: Request, body: Any) -> Answer:
+    q = request.query_params
+    return Answer(200, state.list_flight_tickets(q.get("reference_id"), q.get("flight_id")))
+
+
+def _list_refunds(state: SimulatorState, request: Request, body: Any) -> Answer:
+    return Answer(200, list(state.refunds))
+
+
+def _list_receipts(state: SimulatorState, request: Request, body: Any) -> Answer:
+    return Answer(200, list(state.receipts.values()))
+
+
+def _not_found(state: SimulatorState, request: Request, body: Any) -> Answer:
+    return _error(404, f"no endpoint {request.scope['method']} {request.scope['path']}")
+
+
+# The whole partner surface: (path, method, effect). Mutations name their idempotency key field.
+PARTNER_ENDPOINTS: list[tuple[str, str, Effect]] = [
+    (SHOW_BOOKING_PATH, "POST", _keyed(ShowBookingIn, "booking_id", SimulatorState.book_show)),
+    (FLIGHTS_PATH, "PUT", _keyed(FlightBookingIn, "idempotency_key", SimulatorState.book_flight)),
+    (FLIGHTS_PATH, "GET", _list_tickets),
+    (FLIGHTS_PATH + "/{ticket_id}", "DELETE", _cancel),
+    (REFUNDS_PATH, "PUT", _keyed(RefundIn, "deduplication_id", SimulatorState.refund)),
+    (REFUNDS_PATH, "GET", _list_refunds),
+    (VOID_RECEIPT_PATH, "PUT", _keyed(VoidReceiptIn, "idempotent_id", SimulatorState.void_receipt)),
+    (RECEIPTS_PATH, "GET", _list_receipts),
+]
+
+
+def _partner_routes(state: SimulatorState) -> list[Route]:
+    return [
+        Route(path, _partner(state, effect), methods=[method])
+        for path, method, effect in PARTNER_ENDPOINTS
+    ]
+
+
+def _sim_routes(state: SimulatorState) -> list[Route]:
+    """Controls: never logged, delayed or faulted."""
+
+    async def health(request: Request) -> Response:
+        return _json({"ok": True})
+
+    async def calls(request: Request) -> Response:
+        try:
+            since = int(request.query_params.get("since", "0"))
+        except ValueError:
+            return _bad_request(_error(400, "since must be an integer", "since"))
+        selected = state.calls_since(since, request.query_params.get("path_prefix"))
+        return _json({"calls": selected, "last_seq": state.seq})
+
+    def seats_endpoints(attr: str, id_param: str) -> tuple[Endpoint, Endpoint]:
+        # getattr on each request because reset() replaces the dicts.
+        async def get_seats(request: Request) -> Response:
+            item_id = request.path_params[id_param]
+            seats = getattr(state, attr).get(item_id, state.default_seats)
+            return _json({id_param: item_id, "seats": seats})
+
+        async def put_seats(request: Request) -> Response:
+            parsed = _validate(SeatsIn, _parse_json(await request.body()))
+            if isinstance(parsed, Answer):
+                return _bad_request(parsed)
+            item_id = request.path_params[id_param]
+            getattr(state, attr)[item_id] = parsed.seats
+            return _json({id_param: item_id, "seats": parsed.seats})
+
+        return get_seats, put_seats
+
+    get_flight, put_flight = seats_endpoints("flight_seats", "flight_id")
+    get_show, put_show = seats_endpoints("show_seats", "event_id")
+
+    async def add_fault(request: Request) -> Response:
+        parsed = _validate(FaultIn, _parse_json(await request.body()))
+        if isinstance(parsed, Answer):
+            return _bad_request(parsed)
+        times = parsed.times
+        if times is None and parsed.rate is None:
+            times = 1
+        rule = FaultRule(
+            path_prefix=parsed.path_prefix,
+            status=parsed.status or None,
+            times=times,
+            delay_ms=parsed.delay_ms,
+            rate=parsed.rate,
+            methods=frozenset(m.upper() for m in parsed.methods) if parsed.methods else None,
+            rng=random.Random(parsed.seed),
+        )
+        state.faults.append(rule)
+        return _json(rule.describe(), 201)
+
+    async def list_faults(request: Request) -> Response:
+        return _json({"faults": [rule.describe() for rule in state.faults]})
+
+    async def clear_faults(request: Request) -> Response:
+        state.faults.clear()
+        return Response(status_code=204)
+
+    async def reset(request: Request) -> Response:
+        state.reset()
+        return _json({"ok": True})
+
+    async def get_latency(request: Request) -> Response:
+        return _json({"delay_ms": state.latency_ms})
+
+    async def put_latency(request: Request) -> Response:
+        parsed = _validate(LatencyIn, _parse_json(await request.body()))
+        if isinstance(parsed, Answer):
+            return _bad_request(parsed)
+        state.latency_ms = parsed.delay_ms
+        return _json({"delay_ms": state.latency_ms})
+
+    # Read-only views of partner state that, unlike the partner GETs, leave the call log and
+    # fault budgets alone, so tests can inspect without disturbing what they measure.
+    async def flight_tickets(request: Request) -> Response:
+        q = request.query_params
+        return _json(state.list_flight_tickets(q.get("reference_id"), q.get("flight_id")))
+
+    async def refunds(request: Request) -> Response:
+        return _json(list(state.refunds))
+
+    async def receipts(request: Request) -> Response:
+        return _json(list(state.receipts.values()))
+
+    async def unknown(request: Request) -> Response:
+        return _json({"error": f"no control {request.scope['path']}"}, 404)
+
+    p = SIM_PREFIX
+    return [
+        Route(f"{p}/health", health, methods=["GET"]),
+        Route(f"{p}/calls", calls, methods=["GET"]),
+        Route(f"{p}/flights/{{flight_id}}", get_flight, methods=["GET"]),
+        Route(f"{p}/flights/{{flight_id}}", put_flight, methods=["PUT"]),
+        Route(f"{p}/shows/{{event_id}}", get_show, methods=["GET"]),
+        Route(f"{p}/shows/{{event_id}}", put_show, methods=["PUT"]),
+        Route(f"{p}/faults", add_fault, methods=["POST"]),
+        Route(f"{p}/faults", list_faults, methods=["GET"]),
+        Route(f"{p}/faults", clear_faults, methods=["DELETE"]),
+        Route(f"{p}/reset", reset, methods=["POST"]),
+        Route(f"{p}/latency", get_latency, methods=["GET"]),
+        Route(f"{p}/latency", put_latency, methods=["PUT"]),
+        Route(f"{p}/flight-tickets", flight_tickets, methods=["GET"]),
+        Route(f"{p}/refunds", refunds, methods=["GET"]),
+        Route(f"{p}/receipts", receipts, methods=["GET"]),
+        Route(f"{p}/{{rest:path}}", unknown, methods=ALL_METHODS),
+    ]
+
+
+def create_app(
+    *,
+    latency_ms: int = 0,
+    max_calls: int = DEFAULT_MAX_CALLS,
+    default_seats: int = DEFAULT_SEATS,
+) -> Starlette:
+    """Build the simulator app; its state is `app.state.simulator` (a `SimulatorState`)."""
+    state = SimulatorState(
+        default_seats=default_seats, max_calls=max_calls, initial_latency_ms=latency_ms
+    )
+    # Partner routes first (the hot path is matched in order); the catch-all last, so unknown
+    # partner paths are answered 404 through the wrapper and still show in the call log.
+    catch_all = Route("/{path:path}", _partner(state, _not_found), methods=ALL_METHODS)
+    app = Starlette(routes=[*_partner_routes(state), *_sim_routes(state), catch_all])
+    app.state.simulator = state
+    return app

@@ -1,0 +1,133 @@
+"""The VIP bundle: the process manager's record of one saga. Plain data, no I/O."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from process_manager.messages import BookVipBundle, Leg, utcnow
+
+
+class Status(StrEnum):
+    INITIALIZED = "initialized"
+    BOOKING_MADE = "booking_made"
+    INBOUND_BOOKED = "inbound_booked"
+    RETURN_BOOKED = "return_booked"
+    ROLLING_BACK = "rolling_back"
+    COMPENSATION_FAILED = "compensation_failed"  # parked: an undo failed past its retries
+    FINALIZED = "finalized"
+    FAILED = "failed"
+
+
+IN_FLIGHT = frozenset(
+    {
+        Status.INITIALIZED,
+        Status.BOOKING_MADE,
+        Status.INBOUND_BOOKED,
+        Status.RETURN_BOOKED,
+        Status.ROLLING_BACK,
+    }
+)
+FINAL = frozenset({Status.FINALIZED, Status.FAILED})
+ROLLBACK = frozenset({Status.ROLLING_BACK, Status.COMPENSATION_FAILED})
+
+
+class HistoryEntry(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    at: datetime
+    event: str
+    from_status: Status | None
+    to_status: Status
+    event_id: str | None = None
+    detail: str | None = None
+
+
+class Failure(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    step: str
+    reason: str
+    leg: Leg | None = None
+    # The partner never answered, so the step may have happened: undo it by looking it up.
+    in_doubt: bool = False
+
+
+# Idempotency keys and partner references come from these business ids only, so every retry
+# and redelivery of a step sends the same key (style.md: keys from the business id).
+BOOKING_NAMESPACE = uuid.UUID("5b0c2a3e-6c1f-4b8e-9a57-2f0b1c9d7e11")
+
+
+def booking_id_for(vip_bundle_id: str) -> str:
+    return str(uuid.uuid5(BOOKING_NAMESPACE, vip_bundle_id))
+
+
+class Bundle(BaseModel):
+    """One bundle as stored in Redis (a single JSON document, versioned for compare-and-set)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    vip_bundle_id: str
+    booking_id: str
+    correlation_id: str
+    customer_email: str
+    number_of_tickets: int
+    show_id: str
+    passengers: list[str]
+    inbound_flight_id: str
+    return_flight_id: str
+
+    status: Status = Status.INITIALIZED
+    ticket_ids: list[str] = Field(default_factory=list)
+    flight_tickets: dict[Leg, list[str]] = Field(default_factory=dict)
+    refunded_ticket_ids: list[str] = Field(default_factory=list)
+    cancelled_legs: list[Leg] = Field(default_factory=list)
+    failure: Failure | None = None
+    step_failures: int = 0  # technical failures of forward steps, for giving up in time
+    last_error: str | None = None
+    compensation_failures: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    version: int = 0
+    history: list[HistoryEntry] = Field(default_factory=list)
+
+    @classmethod
+    def from_request(cls, request: BookVipBundle, correlation_id: str | None = None) -> Bundle:
+        bundle_id = str(request.vip_bundle_id or uuid.uuid4())
+        return cls(
+            vip_bundle_id=bundle_id,
+            booking_id=booking_id_for(bundle_id),
+            correlation_id=correlation_id or bundle_id,
+            customer_email=str(request.customer_email),
+            number_of_tickets=request.number_of_tickets,
+            show_id=str(request.show_id),
+            passengers=list(request.passengers),
+            inbound_flight_id=str(request.inbound_flight_id),
+            return_flight_id=str(request.return_flight_id),
+        )
+
+    def same_request(self, request: BookVipBundle) -> bool:
+        """True when `request` asks for exactly what this bundle was created with."""
+        return (
+            self.customer_email == str(request.customer_email)
+            and self.number_of_tickets == request.number_of_tickets
+            and self.show_id == str(request.show_id)
+            and self.passengers == list(request.passengers)
+            and self.inbound_flight_id == str(request.inbound_flight_id)
+            and self.return_flight_id == str(request.return_flight_id)
+        )
+
+    def flight_id(self, leg: Leg) -> str:
+        return self.inbound_flight_id if leg is Leg.INBOUND else self.return_flight_id
+
+    def flight_ticket_ids(self) -> list[str]:
+        return [t for leg in Leg for t in self.flight_tickets.get(leg, [])]
+
+    def key(self, step: str) -> str:
+        """The idempotency key of one step of this bundle, the same on every retry."""
+        return f"{self.vip_bundle_id}:{step}"
+
+    def answer(self) -> dict[str, str]:
+        """What the intake doors answer (shared/intake-api.md)."""
+        return {"vip_bundle_id": self.vip_bundle_id, "booking_id": self.booking_id}

@@ -1,0 +1,273 @@
+"""The saga's messages: the intake request, the commands it gives and the events it emits.
+
+Commands are orders (`BookFlight`); events are facts in the past tense, versioned by name
+(`FlightBooked_v1`). Everything here is JSON through pydantic; nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+MAX_TICKETS = 20
+
+NonBlank = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+class Leg(StrEnum):
+    INBOUND = "inbound"
+    RETURN = "return"
+
+
+# --- the request every intake door accepts (shared/intake-api.md) ---------------------------
+
+
+class BookVipBundle(BaseModel):
+    """What a customer asks for. Unknown fields are refused so typos never pass silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vip_bundle_id: uuid.UUID | None = None
+    customer_email: EmailStr
+    number_of_tickets: int = Field(strict=True, ge=1, le=MAX_TICKETS)
+    show_id: uuid.UUID
+    passengers: list[NonBlank] = Field(min_length=1, max_length=MAX_TICKETS)
+    inbound_flight_id: uuid.UUID
+    return_flight_id: uuid.UUID
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if len(self.passengers) > self.number_of_tickets:
+            raise ValueError("passengers: at most number_of_tickets names")
+        if self.inbound_flight_id == self.return_flight_id:
+            raise ValueError("return_flight_id: must differ from inbound_flight_id")
+        return self
+
+
+class InvalidRequest(ValueError):
+    """A message that failed validation. `str()` names every bad field (it is what callers see)."""
+
+    def __init__(self, message: str, errors: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+
+def field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    """pydantic's errors as `[{"field", "message"}]`, the shape every door answers with."""
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        message = err["msg"]
+        if not loc and ": " in message:
+            # Cross-field rules name their field themselves ("passengers: at most ...").
+            loc, message = message.removeprefix("Value error, ").split(": ", 1)
+        out.append({"field": loc or "__root__", "message": message})
+    return out
+
+
+def parse_request(data: Any) -> BookVipBundle:
+    """Validate an incoming request or raise `InvalidRequest` naming every bad field."""
+    if not isinstance(data, dict):
+        raise InvalidRequest(
+            "request: must be a JSON object", [{"field": "request", "message": "must be an object"}]
+        )
+    try:
+        return BookVipBundle.model_validate(data)
+    except ValidationError as exc:
+        errors = field_errors(exc)
+        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        raise InvalidRequest(f"invalid vip bundle request: {summary}", errors) from None
+
+
+# --- commands: what the saga orders -----------------------------------------------------------
+
+
+class Command(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    vip_bundle_id: str
+
+
+class BookShowTickets(Command):
+    pass
+
+
+class BookFlight(Command):
+    leg: Leg
+
+
+class FinalizeVipBundle(Command):
+    pass
+
+
+class RefundTicket(Command):
+    ticket_id: str
+
+
+class CancelFlightTickets(Command):
+    leg: Leg
+
+
+# --- events: what happened ---------------------------------------------------------------------
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class EventHeader(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    event_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    event_name: str
+    published_at: datetime = Field(default_factory=utcnow)
+    correlation_id: str
+    idempotency_key: str
+
+
+class Event(BaseModel):
+    """An event with its header. On the wire: `{"header": {...}, "payload": {...}}`."""
+
+    model_config = ConfigDict(frozen=True)
+    published: ClassVar[bool] = True  # False: a state note kept in history, not streamed
+
+    header: EventHeader
+    vip_bundle_id: str
+
+    @classmethod
+    def name(cls) -> str:
+        return cls.__name__
+
+    @classmethod
+    def create(cls, *, correlation_id: str, key: str, **payload: Any) -> Self:
+        """Build an event whose idempotency key is derived from business ids only."""
+        header = EventHeader(
+            event_name=cls.name(), correlation_id=correlation_id, idempotency_key=key
+        )
+        return cls(header=header, **payload)
+
+    def payload(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"header"})
+
+    def to_message(self) -> dict[str, Any]:
+        return {"header": self.header.model_dump(mode="json"), "payload": self.payload()}
+
+
+class VipBundleInitialized_v1(Event):
+    booking_id: str
+    customer_email: str
+    number_of_tickets: int
+    show_id: str
+    passengers: list[str]
+    inbound_flight_id: str
+    return_flight_id: str
+
+
+class BookingMade_v1(Event):
+    booking_id: str
+    show_id: str
+    ticket_ids: list[str]
+
+
+class BookingFailed_v1(Event):
+    booking_id: str
+    show_id: str
+    reason: str
+    in_doubt: bool = False
+
+
+class FlightBooked_v1(Event):
+    leg: Leg
+    flight_id: str
+    ticket_ids: list[str]
+
+
+class FlightBookingFailed_v1(Event):
+    leg: Leg
+    flight_id: str
+    reason: str
+    in_doubt: bool = False  # True when the partner never answered (not a 409)
+
+
+class TicketRefunded_v1(Event):
+    ticket_id: str
+
+
+class FlightTicketsCancelled_v1(Event):
+    leg: Leg
+    flight_id: str
+    ticket_ids: list[str]
+
+
+class CompensationFailed_v1(Event):
+    step: str
+    reason: str
+
+
+class VipBundleFinalized_v1(Event):
+    booking_id: str
+    ticket_ids: list[str]
+    inbound_ticket_ids: list[str]
+    return_ticket_ids: list[str]
+
+
+class VipBundleFailed_v1(Event):
+    reason: str
+    refunded_ticket_ids: list[str]
+    cancelled_flight_ticket_ids: list[str]
+
+
+class StepFailed(Event):
+    """A forward step failed for a technical reason; it will be tried again (history only)."""
+
+    published: ClassVar[bool] = False
+    step: str
+    reason: str
+
+
+class RollbackResumed(Event):
+    """A parked rollback taken up again by the reconciler (history only)."""
+
+    published: ClassVar[bool] = False
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.name(): cls
+    for cls in (
+        VipBundleInitialized_v1,
+        BookingMade_v1,
+        BookingFailed_v1,
+        FlightBooked_v1,
+        FlightBookingFailed_v1,
+        TicketRefunded_v1,
+        FlightTicketsCancelled_v1,
+        CompensationFailed_v1,
+        VipBundleFinalized_v1,
+        VipBundleFailed_v1,
+        StepFailed,
+        RollbackResumed,
+    )
+}
+
+
+def parse_event(message: Any) -> Event:
+    """Rebuild an event from its wire form; `InvalidRequest` when it is not one we know."""
+    try:
+        name = message["header"]["event_name"]
+        cls = EVENT_TYPES[name]
+        return cls.model_validate({"header": message["header"], **message["payload"]})
+    except (KeyError, TypeError):
+        raise InvalidRequest("event: not an event message with a known header.event_name") from None
+    except ValidationError as exc:
+        summary = "; ".join(f"{e['field']}: {e['message']}" for e in field_errors(exc))
+        raise InvalidRequest(f"invalid {name}: {summary}") from None

@@ -1,0 +1,361 @@
+"""The saga's decisions, in one place: read `TRANSITIONS` first, it is the whole state machine.
+
+Pure functions over `Bundle` and events: no Celery, Redis or HTTP here, so every rule is tested
+without a broker. A message seen twice is recognised here too: replaying an event that was
+already applied is an `IllegalTransition`, which the caller treats as "already done".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from process_manager.bundle import ROLLBACK, Bundle, Failure, HistoryEntry, Status
+from process_manager.messages import (
+    BookFlight,
+    BookingFailed_v1,
+    BookingMade_v1,
+    BookShowTickets,
+    CancelFlightTickets,
+    Command,
+    CompensationFailed_v1,
+    Event,
+    FinalizeVipBundle,
+    FlightBooked_v1,
+    FlightBookingFailed_v1,
+    FlightTicketsCancelled_v1,
+    Leg,
+    RefundTicket,
+    RollbackResumed,
+    StepFailed,
+    TicketRefunded_v1,
+    VipBundleFailed_v1,
+    VipBundleFinalized_v1,
+    VipBundleInitialized_v1,
+    utcnow,
+)
+
+S = Status
+
+# (state, event) -> next state. Anything not listed is refused.
+TRANSITIONS: dict[tuple[Status, type[Event]], Status] = {
+    (S.INITIALIZED, BookingMade_v1): S.BOOKING_MADE,
+    (S.INITIALIZED, BookingFailed_v1): S.ROLLING_BACK,
+    (S.BOOKING_MADE, FlightBooked_v1): S.INBOUND_BOOKED,
+    (S.BOOKING_MADE, FlightBookingFailed_v1): S.ROLLING_BACK,
+    (S.INBOUND_BOOKED, FlightBooked_v1): S.RETURN_BOOKED,
+    (S.INBOUND_BOOKED, FlightBookingFailed_v1): S.ROLLING_BACK,
+    (S.RETURN_BOOKED, VipBundleFinalized_v1): S.FINALIZED,
+    # A technical failure of a forward step is noted; the step is tried again later.
+    (S.INITIALIZED, StepFailed): S.INITIALIZED,
+    (S.BOOKING_MADE, StepFailed): S.BOOKING_MADE,
+    (S.INBOUND_BOOKED, StepFailed): S.INBOUND_BOOKED,
+    (S.RETURN_BOOKED, StepFailed): S.RETURN_BOOKED,
+    (S.ROLLING_BACK, TicketRefunded_v1): S.ROLLING_BACK,
+    (S.ROLLING_BACK, FlightTicketsCancelled_v1): S.ROLLING_BACK,
+    (S.ROLLING_BACK, CompensationFailed_v1): S.COMPENSATION_FAILED,
+    (S.ROLLING_BACK, VipBundleFailed_v1): S.FAILED,
+    # A parked bundle still records the undos that did finish, and is resumed by the reconciler.
+    (S.COMPENSATION_FAILED, TicketRefunded_v1): S.COMPENSATION_FAILED,
+    (S.COMPENSATION_FAILED, FlightTicketsCancelled_v1): S.COMPENSATION_FAILED,
+    (S.COMPENSATION_FAILED, CompensationFailed_v1): S.COMPENSATION_FAILED,
+    (S.COMPENSATION_FAILED, RollbackResumed): S.ROLLING_BACK,
+}
+
+# The forward path: which step runs in which state, in chain order.
+FORWARD: list[tuple[Status, Callable[[str], Command]]] = [
+    (S.INITIALIZED, lambda bid: BookShowTickets(vip_bundle_id=bid)),
+    (S.BOOKING_MADE, lambda bid: BookFlight(vip_bundle_id=bid, leg=Leg.INBOUND)),
+    (S.INBOUND_BOOKED, lambda bid: BookFlight(vip_bundle_id=bid, leg=Leg.RETURN)),
+    (S.RETURN_BOOKED, lambda bid: FinalizeVipBundle(vip_bundle_id=bid)),
+]
+LEG_BOOKED_FROM = {Leg.INBOUND: S.BOOKING_MADE, Leg.RETURN: S.INBOUND_BOOKED}
+
+
+class IllegalTransition(Exception):
+    """The event does not apply to the bundle as stored (a late, duplicate or foreign message)."""
+
+
+# --- what to do next ----------------------------------------------------------------------------
+
+
+def remaining_steps(bundle: Bundle) -> list[Command]:
+    """The forward steps still to run from the stored state (the rest of the chain)."""
+    states = [state for state, _ in FORWARD]
+    if bundle.status not in states:
+        return []
+    start = states.index(bundle.status)
+    return [make(bundle.vip_bundle_id) for _, make in FORWARD[start:]]
+
+
+def pending_compensations(bundle: Bundle) -> list[Command]:
+    """What must still be undone, newest first: return flight, inbound flight, then tickets."""
+    if bundle.status not in ROLLBACK:
+        return []
+    bid = bundle.vip_bundle_id
+    undo: list[Command] = [
+        CancelFlightTickets(vip_bundle_id=bid, leg=leg)
+        for leg in (Leg.RETURN, Leg.INBOUND)
+        if leg not in bundle.cancelled_legs and _may_hold_flight(bundle, leg)
+    ]
+    undo += [
+        RefundTicket(vip_bundle_id=bid, ticket_id=t)
+        for t in bundle.ticket_ids
+        if t not in bundle.refunded_ticket_ids
+    ]
+    return undo
+
+
+def _may_hold_flight(bundle: Bundle, leg: Leg) -> bool:
+    """Booked, or attempted without an answer (then the cancel looks the tickets up)."""
+    failure = bundle.failure
+    in_doubt = failure is not None and failure.in_doubt and failure.leg is leg
+    return bool(bundle.flight_tickets.get(leg)) or in_doubt
+
+
+def is_pending(bundle: Bundle, command: Command) -> bool:
+    """Is `command` still to be done? False means it ran already or the saga moved on."""
+    match command:
+        case RefundTicket() | CancelFlightTickets():
+            return command in pending_compensations(bundle)
+        case _:
+            steps = remaining_steps(bundle)
+            return bool(steps) and steps[0] == command
+
+
+# --- events the steps raise (idempotency keys from business ids only) --------------------------
+
+
+def _new(bundle: Bundle, cls: type[Event], key_step: str, **payload: Any) -> Event:
+    return cls.create(
+        correlation_id=bundle.correlation_id,
+        key=bundle.key(key_step),
+        vip_bundle_id=bundle.vip_bundle_id,
+        **payload,
+    )
+
+
+def initialized(bundle: Bundle) -> Event:
+    return _new(
+        bundle,
+        VipBundleInitialized_v1,
+        "initialized",
+        booking_id=bundle.booking_id,
+        customer_email=bundle.customer_email,
+        number_of_tickets=bundle.number_of_tickets,
+        show_id=bundle.show_id,
+        passengers=bundle.passengers,
+        inbound_flight_id=bundle.inbound_flight_id,
+        return_flight_id=bundle.return_flight_id,
+    )
+
+
+def booking_made(bundle: Bundle, ticket_ids: list[str]) -> Event:
+    return _new(
+        bundle,
+        BookingMade_v1,
+        "booking-made",
+        booking_id=bundle.booking_id,
+        show_id=bundle.show_id,
+        ticket_ids=ticket_ids,
+    )
+
+
+def booking_failed(bundle: Bundle, reason: str, in_doubt: bool = False) -> Event:
+    return _new(
+        bundle,
+        BookingFailed_v1,
+        "booking-failed",
+        booking_id=bundle.booking_id,
+        show_id=bundle.show_id,
+        reason=reason,
+        in_doubt=in_doubt,
+    )
+
+
+def flight_booked(bundle: Bundle, leg: Leg, ticket_ids: list[str]) -> Event:
+    return _new(
+        bundle,
+        FlightBooked_v1,
+        f"flight-booked-{leg}",
+        leg=leg,
+        flight_id=bundle.flight_id(leg),
+        ticket_ids=ticket_ids,
+    )
+
+
+def flight_booking_failed(bundle: Bundle, leg: Leg, reason: str, in_doubt: bool = False) -> Event:
+    return _new(
+        bundle,
+        FlightBookingFailed_v1,
+        f"flight-booking-failed-{leg}",
+        leg=leg,
+        flight_id=bundle.flight_id(leg),
+        reason=reason,
+        in_doubt=in_doubt,
+    )
+
+
+def step_failed(bundle: Bundle, step: Command, reason: str, max_attempts: int) -> Event:
+    """A forward step failed for a technical reason: note it, or give up and roll back.
+
+    The step may have reached the partner, so a given-up flight is undone by lookup.
+    """
+    attempt = bundle.step_failures + 1
+    name = type(step).__name__
+    if attempt >= max_attempts:
+        reason = f"gave up after {attempt} attempts: {reason}"
+        match step:
+            case BookShowTickets():
+                return booking_failed(bundle, reason, in_doubt=True)
+            case BookFlight(leg=leg):
+                return flight_booking_failed(bundle, leg, reason, in_doubt=True)
+        # Finalizing touches no partner: keep noting it, the reconciler keeps trying.
+    return _new(bundle, StepFailed, f"step-failed-{attempt}", step=name, reason=reason)
+
+
+def ticket_refunded(bundle: Bundle, ticket_id: str) -> Event:
+    return _new(bundle, TicketRefunded_v1, f"ticket-refunded-{ticket_id}", ticket_id=ticket_id)
+
+
+def flight_tickets_cancelled(bundle: Bundle, leg: Leg, ticket_ids: list[str]) -> Event:
+    return _new(
+        bundle,
+        FlightTicketsCancelled_v1,
+        f"flight-cancelled-{leg}",
+        leg=leg,
+        flight_id=bundle.flight_id(leg),
+        ticket_ids=ticket_ids,
+    )
+
+
+def compensation_failed(bundle: Bundle, step: str, reason: str) -> Event:
+    n = bundle.compensation_failures + 1
+    return _new(bundle, CompensationFailed_v1, f"compensation-failed-{n}", step=step, reason=reason)
+
+
+def rollback_resumed(bundle: Bundle) -> Event:
+    return _new(bundle, RollbackResumed, f"rollback-resumed-{bundle.compensation_failures}")
+
+
+def finalized(bundle: Bundle) -> Event:
+    return _new(
+        bundle,
+        VipBundleFinalized_v1,
+        "finalized",
+        booking_id=bundle.booking_id,
+        ticket_ids=bundle.ticket_ids,
+        inbound_ticket_ids=bundle.flight_tickets.get(Leg.INBOUND, []),
+        return_ticket_ids=bundle.flight_tickets.get(Leg.RETURN, []),
+    )
+
+
+def failed(bundle: Bundle) -> Event:
+    reason = bundle.failure.reason if bundle.failure else "rolled back"
+    cancelled = [t for leg in bundle.cancelled_legs for t in bundle.flight_tickets.get(leg, [])]
+    return _new(
+        bundle,
+        VipBundleFailed_v1,
+        "failed",
+        reason=reason,
+        refunded_ticket_ids=bundle.refunded_ticket_ids,
+        cancelled_flight_ticket_ids=cancelled,
+    )
+
+
+# --- applying an event to the bundle ------------------------------------------------------------
+
+
+def apply(bundle: Bundle, event: Event, now: datetime | None = None) -> Bundle:
+    """The bundle after `event`, with its history entry; `IllegalTransition` if it does not fit."""
+    target = TRANSITIONS.get((bundle.status, type(event)))
+    if target is None:
+        raise IllegalTransition(f"{event.name()} does not apply to a {bundle.status} bundle")
+    changes = _changes(bundle, event)
+    now = now or utcnow()
+    entry = HistoryEntry(
+        at=now,
+        event=event.name(),
+        from_status=bundle.status,
+        to_status=target,
+        event_id=event.header.event_id,
+        detail=_detail(event),
+    )
+    return bundle.model_copy(
+        update={
+            **changes,
+            "status": target,
+            "version": bundle.version + 1,
+            "updated_at": now,
+            "history": [*bundle.history, entry],
+        }
+    )
+
+
+def apply_initial(bundle: Bundle, event: Event) -> Bundle:
+    """The first stored version of a bundle, its history opened by `VipBundleInitialized_v1`."""
+    entry = HistoryEntry(
+        at=bundle.created_at,
+        event=event.name(),
+        from_status=None,
+        to_status=S.INITIALIZED,
+        event_id=event.header.event_id,
+    )
+    return bundle.model_copy(
+        update={
+            "status": S.INITIALIZED,
+            "version": 1,
+            "updated_at": bundle.created_at,
+            "history": [entry],
+        }
+    )
+
+
+def _changes(bundle: Bundle, event: Event) -> dict[str, Any]:
+    """The fields an event sets, after checking it belongs to this bundle's current step."""
+    match event:
+        case BookingMade_v1(ticket_ids=ids):
+            return {"ticket_ids": ids}
+        case BookingFailed_v1(reason=reason, in_doubt=in_doubt):
+            return {"failure": Failure(step="book_show_tickets", reason=reason, in_doubt=in_doubt)}
+        case FlightBooked_v1(leg=leg, ticket_ids=ids):
+            _check_leg(bundle, leg)
+            return {"flight_tickets": {**bundle.flight_tickets, leg: ids}}
+        case FlightBookingFailed_v1(leg=leg, reason=reason, in_doubt=in_doubt):
+            _check_leg(bundle, leg)
+            failure = Failure(step=f"book_{leg}_flight", reason=reason, leg=leg, in_doubt=in_doubt)
+            return {"failure": failure}
+        case TicketRefunded_v1(ticket_id=t):
+            if t not in bundle.ticket_ids or t in bundle.refunded_ticket_ids:
+                raise IllegalTransition(f"ticket {t} is not waiting for a refund")
+            return {"refunded_ticket_ids": [*bundle.refunded_ticket_ids, t]}
+        case FlightTicketsCancelled_v1(leg=leg, ticket_ids=ids):
+            if leg in bundle.cancelled_legs or not _may_hold_flight(bundle, leg):
+                raise IllegalTransition(f"{leg} flight is not waiting for a cancellation")
+            # An in-doubt leg learns its ticket ids from the lookup the cancel made.
+            tickets = {**bundle.flight_tickets, leg: bundle.flight_tickets.get(leg) or ids}
+            return {"cancelled_legs": [*bundle.cancelled_legs, leg], "flight_tickets": tickets}
+        case StepFailed(reason=reason):
+            return {"step_failures": bundle.step_failures + 1, "last_error": reason}
+        case CompensationFailed_v1():
+            return {"compensation_failures": bundle.compensation_failures + 1}
+        case VipBundleFailed_v1():
+            if pending_compensations(bundle):
+                raise IllegalTransition("compensations are still pending")
+            return {}
+        case _:
+            return {}
+
+
+def _check_leg(bundle: Bundle, leg: Leg) -> None:
+    if LEG_BOOKED_FROM[leg] != bundle.status:
+        raise IllegalTransition(f"{leg} flight is not the step of a {bundle.status} bundle")
+
+
+def _detail(event: Event) -> str | None:
+    for field in ("reason", "ticket_id", "leg"):
+        value = getattr(event, field, None)
+        if value is not None:
+            return f"{field}={value}"
+    return None

@@ -1,0 +1,173 @@
+"""Bundles in Redis: one versioned document per bundle, changed only by atomic transitions.
+
+Each transition is one Lua script (one round trip) that, only if the version is still the one
+read, writes the new document, moves the bundle between status indexes and appends the event
+to the events stream. So state, history and published events never disagree, and two workers
+racing on one bundle cannot both win: the loser re-reads and re-decides.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from redis import Redis
+
+from process_manager import saga
+from process_manager.bundle import Bundle, Status
+from process_manager.messages import Event
+
+_TRANSITION = """
+-- KEYS: bundle hash, old status index, new status index, events stream
+-- ARGV: expected version, new version, doc, new status, score, bundle id,
+--       event name, event json ('' = not published), stream maxlen
+local current = redis.call('HGET', KEYS[1], 'version')
+if current == false then current = '0' end
+if current ~= ARGV[1] then return current end
+redis.call('HSET', KEYS[1], 'version', ARGV[2], 'status', ARGV[4], 'doc', ARGV[3])
+if KEYS[2] ~= KEYS[3] then redis.call('ZREM', KEYS[2], ARGV[6]) end
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
+if ARGV[8] ~= '' then
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*',
+             'event_name', ARGV[7], 'vip_bundle_id', ARGV[6], 'data', ARGV[8])
+end
+return 'ok'
+"""
+
+Decide = Callable[[Bundle], Event | None]
+
+
+class BundleNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The outcome of `BundleStore.apply`: the bundle as stored, and the event if one applied."""
+
+    bundle: Bundle
+    event: Event | None
+
+
+class BundleStore:
+    def __init__(self, redis: Redis, prefix: str = "vip-bundles:", stream_maxlen: int = 1_000_000):
+        self.redis = redis
+        self.prefix = prefix
+        self.stream = f"{prefix}events"
+        self.stream_maxlen = stream_maxlen
+        self._transition = redis.register_script(_TRANSITION)
+
+    # --- keys ---
+    def _bundle_key(self, bundle_id: str) -> str:
+        return f"{self.prefix}bundle:{bundle_id}"
+
+    def _status_key(self, status: Status | str) -> str:
+        return f"{self.prefix}status:{status}"
+
+    # --- reads ---
+    def get(self, bundle_id: str) -> Bundle | None:
+        doc = self.redis.hget(self._bundle_key(bundle_id), "doc")
+        return Bundle.model_validate_json(doc) if doc else None
+
+    def require(self, bundle_id: str) -> Bundle:
+        bundle = self.get(bundle_id)
+        if bundle is None:
+            raise BundleNotFound(f"no vip bundle {bundle_id}")
+        return bundle
+
+    def list(self, status: Status, offset: int = 0, limit: int = 50) -> list[Bundle]:
+        """Bundles in `status`, most recently changed first."""
+        ids = self.redis.zrevrange(self._status_key(status), offset, offset + limit - 1)
+        return self._many(ids)
+
+    def count(self, status: Status) -> int:
+        return int(self.redis.zcard(self._status_key(status)))
+
+    def stale(self, status: Status, unchanged_for_s: float, limit: int = 500) -> list[str]:
+        """Ids of bundles in `status` with no transition for `unchanged_for_s` seconds."""
+        cutoff = time.time() - unchanged_for_s
+        ids = self.redis.zrangebyscore(self._status_key(status), "-inf", cutoff, 0, limit)
+        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+
+    def _many(self, ids: list[bytes | str]) -> list[Bundle]:
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for bundle_id in ids:
+            pipe.hget(
+                self._bundle_key(bundle_id.decode() if isinstance(bundle_id, bytes) else bundle_id),
+                "doc",
+            )
+        return [Bundle.model_validate_json(doc) for doc in pipe.execute() if doc]
+
+    # --- writes ---
+    def create(self, bundle: Bundle, event: Event) -> tuple[Bundle, bool]:
+        """Store a new bundle with its first event; (stored bundle, False) if the id exists."""
+        first = bundle.model_copy(update={"version": 0, "history": []})
+        stored = saga.apply_initial(first, event)
+        if self._write(None, stored, event):
+            return stored, True
+        return self.require(bundle.vip_bundle_id), False
+
+    def save(self, old: Bundle, new: Bundle, event: Event | None) -> bool:
+        """Compare-and-set: store `new` only if the bundle is still at `old.version`."""
+        return self._write(old, new, event)
+
+    def apply(self, bundle_id: str, decide: Decide, attempts: int = 20) -> Applied:
+        """Read the bundle, ask `decide` for an event, apply and store it atomically.
+
+        `decide` returning None, or an event the bundle refuses (a duplicate or late message),
+        changes nothing. A concurrent change makes us re-read and decide again.
+        """
+        for _ in range(attempts):
+            bundle = self.require(bundle_id)
+            event = decide(bundle)
+            if event is None:
+                return Applied(bundle, None)
+            try:
+                new = saga.apply(bundle, event)
+            except saga.IllegalTransition:
+                return Applied(bundle, None)
+            if self.save(bundle, new, event):
+                return Applied(new, event)
+        raise RuntimeError(f"bundle {bundle_id}: too much contention, gave up after {attempts}")
+
+    def _write(self, old: Bundle | None, new: Bundle, event: Event | None) -> bool:
+        message = event.to_message() if event is not None and event.published else None
+        result = self._transition(
+            keys=[
+                self._bundle_key(new.vip_bundle_id),
+                self._status_key(old.status if old else new.status),
+                self._status_key(new.status),
+                self.stream,
+            ],
+            args=[
+                old.version if old else 0,
+                new.version,
+                new.model_dump_json(),
+                str(new.status),
+                new.updated_at.timestamp(),
+                new.vip_bundle_id,
+                event.name() if event else "",
+                _json(message) if message else "",
+                self.stream_maxlen,
+            ],
+        )
+        return result in (b"ok", "ok")
+
+    def touch(self, bundle: Bundle) -> None:
+        """Mark the bundle as looked after now (the reconciler's "not again before ...")."""
+        self.redis.zadd(
+            self._status_key(bundle.status), {bundle.vip_bundle_id: time.time()}, xx=True
+        )
+
+    # --- housekeeping ---
+    def first_time(self, message_id: str, ttl_s: int = 7 * 24 * 3600) -> bool:
+        """True the first time a message id is seen (duplicate-delivery guard)."""
+        return bool(self.redis.set(f"{self.prefix}seen:{message_id}", 1, nx=True, ex=ttl_s))
+
+
+def _json(message: dict) -> str:
+    return json.dumps(message, separators=(",", ":"))

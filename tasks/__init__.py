@@ -1,0 +1,10 @@
+"""Celery tasks of vip-bundles. `celery -A tasks worker` / `celery -A tasks beat`.
+
+Start reading at `tasks/saga.py`: it builds the canvas (the forward chain, the compensation
+chord) and holds the error callback and the process manager task.
+"""
+
+from tasks import compensation, flights, intake, reconcile, saga, shows  # noqa: F401  (register)
+from tasks.celery_app import app
+
+__all__ = ["app"]

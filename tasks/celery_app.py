@@ -1,0 +1,54 @@
+"""The Celery app and the per-process clients every task uses.
+
+Clients are made on first use in each worker process (and made anew after a fork), never at
+import time, so importing the tasks needs no Redis and no network.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from celery import Celery
+from celery.signals import worker_process_init
+from redis import Redis
+
+from process_manager.store import BundleStore
+from vip_bundles.partners import Partners
+from vip_bundles.settings import get_settings
+
+app = Celery("vip_bundles")
+app.config_from_object("celeryconfig")
+
+
+@cache
+def redis_client() -> Redis:
+    return Redis.from_url(get_settings().redis_url, health_check_interval=30)
+
+
+@cache
+def store() -> BundleStore:
+    s = get_settings()
+    return BundleStore(redis_client(), prefix=s.key_prefix, stream_maxlen=s.events_stream_maxlen)
+
+
+@cache
+def partners() -> Partners:
+    """For forward steps: a few quick retries, then the step fails and the saga decides."""
+    s = get_settings()
+    return Partners(s.gateway_url, s.http_timeout_s, s.http_retry_attempts, s.http_retry_max_wait_s)
+
+
+@cache
+def compensation_partners() -> Partners:
+    """For undo steps: more retries, since an undo must get through if it can at all."""
+    s = get_settings()
+    return Partners(
+        s.gateway_url, s.http_timeout_s, s.compensation_retry_attempts, s.http_retry_max_wait_s
+    )
+
+
+@worker_process_init.connect
+def _fresh_clients_after_fork(**_: object) -> None:
+    # Sockets must not be shared with the parent process across a fork.
+    for getter in (redis_client, store, partners, compensation_partners):
+        getter.cache_clear()

@@ -1,0 +1,82 @@
+"""Undo steps: refund a show ticket, cancel a leg's flight tickets.
+
+Each is idempotent twice over: the stored state says whether it is still due, and every
+partner call carries a key derived from the bundle and the ticket. An undo that still fails
+after its retries parks the bundle in `compensation_failed` (the reconciler takes it up again)
+and re-raises, so the failure is visible in Flower and the chord's completion does not run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from process_manager import saga
+from process_manager.messages import CancelFlightTickets, Command, Leg, RefundTicket
+from tasks.celery_app import app, compensation_partners, store
+from tasks.steps import due, log, record
+from vip_bundles.partners import PartnerError
+
+T = TypeVar("T")
+REASON = "VIP bundle rolled back"
+
+
+def _or_park(command: Command, call: Callable[[], T]) -> T:
+    try:
+        return call()
+    except PartnerError as exc:
+        step, reason = type(command).__name__, str(exc)
+        log.warning("%s for %s failed, parking the bundle: %s", step, command.vip_bundle_id, reason)
+        store().apply(command.vip_bundle_id, lambda b: saga.compensation_failed(b, step, reason))
+        raise
+
+
+@app.task(name="vip_bundle.compensation.refund_ticket")
+def refund_ticket(vip_bundle_id: str, ticket_id: str) -> str:
+    """Refund the ticket's payment, void its receipt, then emit `TicketRefunded_v1`."""
+    command = RefundTicket(vip_bundle_id=vip_bundle_id, ticket_id=ticket_id)
+    if (bundle := due(command)) is None:
+        return "skipped"
+    p = compensation_partners()
+
+    def undo() -> None:
+        p.refund(
+            payment_reference=ticket_id,
+            reason=REASON,
+            deduplication_id=bundle.key(f"refund-{ticket_id}"),
+            correlation_id=bundle.correlation_id,
+        )
+        p.void_receipt(
+            ticket_id=ticket_id,
+            reason=REASON,
+            idempotent_id=bundle.key(f"void-{ticket_id}"),
+            correlation_id=bundle.correlation_id,
+        )
+
+    _or_park(command, undo)
+    record(command, lambda b: saga.ticket_refunded(b, ticket_id))
+    return "refunded"
+
+
+@app.task(name="vip_bundle.compensation.cancel_flight_tickets")
+def cancel_flight_tickets(vip_bundle_id: str, leg: str) -> str:
+    """Cancel every ticket of one leg (looked up by reference when the booking is in doubt)."""
+    command = CancelFlightTickets(vip_bundle_id=vip_bundle_id, leg=Leg(leg))
+    if (bundle := due(command)) is None:
+        return "skipped"
+    p = compensation_partners()
+    flight_id = bundle.flight_id(command.leg)
+
+    def undo() -> list[str]:
+        ticket_ids = bundle.flight_tickets.get(command.leg) or [
+            t.ticket_id
+            for t in p.flight_tickets(reference_id=bundle.vip_bundle_id)
+            if t.flight_id == flight_id and not t.cancelled
+        ]
+        for ticket_id in ticket_ids:
+            p.cancel_flight_ticket(ticket_id, correlation_id=bundle.correlation_id)
+        return ticket_ids
+
+    ticket_ids = _or_park(command, undo)
+    record(command, lambda b: saga.flight_tickets_cancelled(b, command.leg, ticket_ids))
+    return "cancelled"

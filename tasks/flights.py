@@ -1,0 +1,26 @@
+"""Flight booking, inbound then return (the same task, one leg each)."""
+
+from __future__ import annotations
+
+from process_manager import saga
+from process_manager.messages import BookFlight, Leg
+from tasks.celery_app import app, partners
+from tasks.steps import due, record
+from vip_bundles.partners import BusinessRefusal
+
+
+@app.task(name="vip_bundle.book_flight", ignore_result=True, throws=(BusinessRefusal,))
+def book_flight(vip_bundle_id: str, leg: str) -> None:
+    """Book one leg for every passenger; no seats left raises `NoFlightTicketsAvailable`."""
+    command = BookFlight(vip_bundle_id=vip_bundle_id, leg=Leg(leg))
+    if (bundle := due(command)) is None:
+        return
+    ticket_ids = partners().book_flight(
+        customer_email=bundle.customer_email,
+        flight_id=bundle.flight_id(command.leg),
+        passenger_names=bundle.passengers,
+        reference_id=bundle.vip_bundle_id,
+        idempotency_key=bundle.key(f"flight-{leg}"),
+        correlation_id=bundle.correlation_id,
+    )
+    record(command, lambda b: saga.flight_booked(b, command.leg, ticket_ids))

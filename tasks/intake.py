@@ -1,0 +1,46 @@
+"""The Celery door: `send_task("vip_bundle.book", kwargs=request, queue="vip-bundles")`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.utils.log import get_task_logger
+
+from process_manager import saga
+from process_manager.bundle import Bundle
+from process_manager.messages import BookVipBundle, InvalidRequest, parse_request
+from tasks.celery_app import app, store
+from tasks.saga import run_forward
+
+log = get_task_logger(__name__)
+
+
+def book_bundle(request: BookVipBundle) -> tuple[Bundle, bool]:
+    """Store a validated request and start its saga; the same id twice is one bundle.
+
+    Returns (bundle, created). Raises `InvalidRequest` if the id exists with another request.
+    """
+    fresh = Bundle.from_request(request)
+    bundle, created = store().create(fresh, saga.initialized(fresh))
+    if created:
+        # If this process dies before the chain is sent, the reconciler starts it.
+        run_forward(bundle)
+    elif not bundle.same_request(request):
+        raise InvalidRequest(
+            f"vip_bundle_id: {bundle.vip_bundle_id} already names a different request",
+            [{"field": "vip_bundle_id", "message": "already names a different request"}],
+        )
+    return bundle, created
+
+
+@app.task(name="vip_bundle.book", throws=(InvalidRequest,))
+def book(*args: Any, **request: Any) -> dict[str, str]:
+    """Validate, store and start a VIP bundle. Returns `{"vip_bundle_id", "booking_id"}`."""
+    if args:
+        raise InvalidRequest("request: send the fields as keyword arguments (kwargs=...)")
+    try:
+        bundle, _ = book_bundle(parse_request(request))
+    except InvalidRequest as exc:
+        log.warning("vip_bundle.book refused: %s", exc)
+        raise
+    return bundle.answer()

@@ -1,0 +1,57 @@
+"""The reconciler, run by celery beat: finishes every bundle whose message or callback was lost.
+
+It works from the stored state only. A bundle in flight with no transition for
+`STALE_AFTER_S` gets the rest of its chain (or its pending undos) sent again; the steps are
+idempotent, so a step that was merely slow is not done twice. A parked bundle
+(`compensation_failed`) is taken up again after a backoff that doubles with each failure.
+"""
+
+from __future__ import annotations
+
+import time
+
+from process_manager import saga
+from process_manager.bundle import Bundle, Status
+from tasks.celery_app import app, store
+from tasks.saga import run_forward, run_rollback
+from tasks.steps import log
+from vip_bundles.settings import get_settings
+
+FORWARD = (Status.INITIALIZED, Status.BOOKING_MADE, Status.INBOUND_BOOKED, Status.RETURN_BOOKED)
+
+
+def parked_retry_due(bundle: Bundle, now: float) -> bool:
+    s = get_settings()
+    wait = min(
+        s.parked_retry_base_s * 2 ** max(bundle.compensation_failures - 1, 0), s.parked_retry_max_s
+    )
+    return bundle.updated_at.timestamp() + wait <= now
+
+
+@app.task(name="vip_bundle.reconcile", ignore_result=True)
+def reconcile() -> dict[str, int]:
+    """One pass over stale and parked bundles. Returns how many of each it took up."""
+    s, st, now = get_settings(), store(), time.time()
+    counts = {"resumed": 0, "rollbacks_resumed": 0, "parked_retried": 0}
+    for status in FORWARD:
+        for bundle_id in st.stale(status, s.stale_after_s):
+            if (bundle := st.get(bundle_id)) is not None and bundle.status is status:
+                st.touch(bundle)  # not again before the next STALE_AFTER_S
+                run_forward(bundle)
+                counts["resumed"] += 1
+    for bundle_id in st.stale(Status.ROLLING_BACK, s.stale_after_s):
+        if (bundle := st.get(bundle_id)) is not None and bundle.status is Status.ROLLING_BACK:
+            st.touch(bundle)
+            run_rollback(bundle)
+            counts["rollbacks_resumed"] += 1
+    for bundle_id in st.stale(Status.COMPENSATION_FAILED, s.parked_retry_base_s):
+        bundle = st.get(bundle_id)
+        if bundle is None or not parked_retry_due(bundle, now):
+            continue
+        applied = st.apply(bundle_id, saga.rollback_resumed)
+        if applied.event is not None:
+            run_rollback(applied.bundle)
+            counts["parked_retried"] += 1
+    if any(counts.values()):
+        log.info("reconcile: %s", counts)
+    return counts

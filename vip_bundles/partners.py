@@ -1,0 +1,274 @@
+"""HTTP clients for the four partners (shared/partners-api.md), with one retry policy.
+
+Transient faults (5xx, timeouts, connection errors) are retried in-process with tenacity:
+capped exponential backoff with jitter, the same idempotency key on every try. A 4xx is never
+retried; a 409 is a business refusal with its own error type.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, Field, ValidationError
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+
+class PartnerError(Exception):
+    """Anything a partner call can end in besides success."""
+
+
+class BusinessRefusal(PartnerError):
+    """The partner said no for a business reason (409): retrying cannot help."""
+
+
+class ShowSoldOut(BusinessRefusal):
+    pass
+
+
+class NoFlightTicketsAvailable(BusinessRefusal):
+    pass
+
+
+class PartnerUnavailable(PartnerError):
+    """5xx, timeouts or connection errors on every try: the outcome of the call is unknown."""
+
+
+class PartnerProtocolError(PartnerError):
+    """An answer outside the contract (an unexpected status or body): not retried."""
+
+
+class _Transient(Exception):
+    pass
+
+
+class ShowBooking(BaseModel):
+    booking_id: str
+    ticket_ids: list[str] = Field(min_length=1)
+
+
+class FlightBooking(BaseModel):
+    ticket_ids: list[str] = Field(min_length=1)
+
+
+class FlightTicket(BaseModel):
+    ticket_id: str
+    flight_id: str
+    reference_id: str | None = None
+    passenger_name: str | None = None
+    customer_email: str | None = None
+    cancelled: bool = False
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Partners:
+    """One client for all partners behind `GATEWAY_URL`. Thread-safe; make one per process."""
+
+    def __init__(
+        self,
+        base_url: str,
+        timeout_s: float = 5.0,
+        attempts: int = 5,
+        max_wait_s: float = 2.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.http = httpx.Client(
+            base_url=base_url,
+            timeout=timeout_s,
+            transport=transport,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+        )
+        self.attempts = attempts
+        self.max_wait_s = max_wait_s
+
+    def close(self) -> None:
+        self.http.close()
+
+    # --- shows ---
+    def book_show_tickets(
+        self,
+        *,
+        booking_id: str,
+        customer_address: str,
+        event_id: str,
+        number_of_tickets: int,
+        correlation_id: str | None = None,
+    ) -> list[str]:
+        body = {
+            "booking_id": booking_id,
+            "customer_address": customer_address,
+            "event_id": event_id,
+            "number_of_tickets": number_of_tickets,
+        }
+        reply = self._send(
+            "POST",
+            "/dead-nation-api/ticket/booking",
+            body,
+            key=booking_id,
+            correlation_id=correlation_id,
+            ok=(200, 201),
+            on_409=ShowSoldOut(f"show {event_id}: not enough seats left"),
+        )
+        booking = _parse(ShowBooking, reply)
+        if len(booking.ticket_ids) != number_of_tickets:
+            raise PartnerProtocolError(
+                f"shows: asked for {number_of_tickets} tickets, got {len(booking.ticket_ids)}"
+            )
+        return booking.ticket_ids
+
+    # --- flights ---
+    def book_flight(
+        self,
+        *,
+        customer_email: str,
+        flight_id: str,
+        passenger_names: list[str],
+        reference_id: str,
+        idempotency_key: str,
+        correlation_id: str | None = None,
+    ) -> list[str]:
+        body = {
+            "customer_email": customer_email,
+            "flight_id": flight_id,
+            "passenger_names": passenger_names,
+            "reference_id": reference_id,
+            "idempotency_key": idempotency_key,
+        }
+        reply = self._send(
+            "PUT",
+            "/transportation-api/flight-tickets",
+            body,
+            key=idempotency_key,
+            correlation_id=correlation_id,
+            ok=(201, 200),
+            on_409=NoFlightTicketsAvailable(f"flight {flight_id}: no seats left"),
+        )
+        booking = _parse(FlightBooking, reply)
+        if len(booking.ticket_ids) != len(passenger_names):
+            raise PartnerProtocolError(
+                f"flights: {len(passenger_names)} passengers, {len(booking.ticket_ids)} tickets"
+            )
+        return booking.ticket_ids
+
+    def cancel_flight_ticket(self, ticket_id: str, correlation_id: str | None = None) -> None:
+        """Cancel one ticket; a 404 (unknown or already cancelled) counts as done."""
+        self._send(
+            "DELETE",
+            f"/transportation-api/flight-tickets/{ticket_id}",
+            None,
+            key=None,
+            correlation_id=correlation_id,
+            ok=(204, 200, 404),
+        )
+
+    def flight_tickets(self, reference_id: str | None = None) -> list[FlightTicket]:
+        # The query filter is a courtesy some servers honour; filter here as well.
+        params = {"reference_id": reference_id} if reference_id else None
+        reply = self._send(
+            "GET", "/transportation-api/flight-tickets", None, key=None, ok=(200,), params=params
+        )
+        if not isinstance(reply, list):
+            raise PartnerProtocolError("flights: ticket list is not a JSON array")
+        tickets = [_parse(FlightTicket, t) for t in reply]
+        return [t for t in tickets if reference_id is None or t.reference_id == reference_id]
+
+    # --- payments and receipts ---
+    def refund(
+        self,
+        *,
+        payment_reference: str,
+        reason: str,
+        deduplication_id: str,
+        correlation_id: str | None = None,
+    ) -> None:
+        body = {
+            "payment_reference": payment_reference,
+            "reason": reason,
+            "deduplication_id": deduplication_id,
+        }
+        self._send(
+            "PUT",
+            "/payments-api/refunds",
+            body,
+            key=deduplication_id,
+            correlation_id=correlation_id,
+            ok=(200, 201, 204),
+        )
+
+    def void_receipt(
+        self, *, ticket_id: str, reason: str, idempotent_id: str, correlation_id: str | None = None
+    ) -> None:
+        body = {"ticket_id": ticket_id, "reason": reason, "idempotent_id": idempotent_id}
+        self._send(
+            "PUT",
+            "/receipts-api/void-receipt",
+            body,
+            key=idempotent_id,
+            correlation_id=correlation_id,
+            ok=(200, 201, 204),
+        )
+
+    # --- one request, with the retry policy ---
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        *,
+        key: str | None,
+        ok: tuple[int, ...],
+        correlation_id: str | None = None,
+        on_409: PartnerError | None = None,
+        params: dict[str, str] | None = None,
+    ) -> Any:
+        headers = {}
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        if correlation_id is not None:
+            headers["Correlation-ID"] = correlation_id
+        retrying = Retrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=wait_exponential_jitter(initial=0.05, max=self.max_wait_s),
+            retry=retry_if_exception_type((_Transient, httpx.TransportError)),
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    response = self.http.request(
+                        method, path, json=body, headers=headers, params=params
+                    )
+                    if response.status_code >= 500:
+                        raise _Transient(f"{method} {path}: {response.status_code}")
+        except (_Transient, httpx.TransportError) as exc:
+            raise PartnerUnavailable(
+                f"{method} {path}: failed {self.attempts} times, last: {exc!r}"
+            ) from None
+        status = response.status_code
+        if status == 409 and on_409 is not None:
+            raise on_409
+        if status not in ok:
+            raise PartnerProtocolError(
+                f"{method} {path}: unexpected {status}: {response.text[:200]}"
+            )
+        if status in (204, 404) or not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise PartnerProtocolError(f"{method} {path}: reply is not JSON") from None
+
+
+def _parse(model: type[M], data: Any) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        fields = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors())
+        raise PartnerProtocolError(f"{model.__name__}: invalid reply (fields: {fields})") from None

@@ -1,0 +1,58 @@
+"""All configuration, from the environment, in one place (read once per process)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    # State, events and (by default) the Celery broker and result backend live in Redis.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str | None = None  # e.g. amqp://guest:guest@127.0.0.1:5672// ; default REDIS_URL
+    result_backend: str | None = None  # default REDIS_URL
+    # Every key this project writes starts with it (the broker's and result backend's too when
+    # they are on Redis), so several deployments or test runs can share one Redis server.
+    key_prefix: str = "vip-bundles:"
+    events_stream_maxlen: int = 1_000_000
+
+    gateway_url: str = "http://127.0.0.1:8888"
+    http_timeout_s: float = 5.0
+    # In-process retries (tenacity) of one partner call on 5xx, timeouts and connection errors.
+    http_retry_attempts: int = Field(default=5, ge=1)
+    http_retry_max_wait_s: float = 2.0
+    # Compensations wait longer: an undo must get through if the partner comes back at all.
+    compensation_retry_attempts: int = Field(default=8, ge=1)
+
+    # Forward steps that keep failing for technical reasons are re-dispatched by the
+    # reconciler; after this many failed attempts the saga gives up and rolls back.
+    max_step_attempts: int = Field(default=5, ge=1)
+    # The reconciler (celery beat) resumes a bundle with no transition for this long.
+    stale_after_s: float = 120.0
+    reconcile_every_s: float = 30.0
+    # A parked (compensation_failed) bundle is retried after base * 2**failures, capped.
+    parked_retry_base_s: float = 30.0
+    parked_retry_max_s: float = 1800.0
+
+    # At-least-once delivery on Redis: unacked messages come back after this long, so it must be
+    # longer than any task's run, countdown or ETA (celery-notes.md).
+    visibility_timeout_s: int = 3600
+    task_time_limit_s: int = 300
+    result_expires_s: int = 7 * 24 * 3600
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def backend(self) -> str:
+        return self.result_backend or self.redis_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
