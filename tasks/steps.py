@@ -23,6 +23,7 @@ def due(command: Command) -> Bundle | None:
     """The bundle if `command` is still to be done, else None (and a log line saying why)."""
     bundle = store().require(command.vip_bundle_id)
     if saga.is_pending(bundle, command):
+        log.info("%s %s", type(command).__name__, command.model_dump(mode="json"))
         return bundle
     log.info(
         "%s: skipped, bundle %s is %s", type(command).__name__, command.vip_bundle_id, bundle.status

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 cli = typer.Typer(
@@ -36,34 +38,90 @@ def book(
     number_of_tickets: Annotated[
         int | None, typer.Option(help="default: one per passenger")
     ] = None,
-    vip_bundle_id: Annotated[str | None, typer.Option()] = None,
-    timeout: Annotated[float, typer.Option(help="seconds to wait for the answer")] = 30,
+    vip_bundle_id: Annotated[str | None, typer.Option(help="only with --count 1")] = None,
+    count: Annotated[int, typer.Option(min=1, help="book this many bundles")] = 1,
+    wait: Annotated[bool, typer.Option(help="wait until each bundle is settled")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for each answer")] = 30,
 ) -> None:
-    """Book a VIP bundle through the Celery door (a running worker does the work)."""
+    """Book VIP bundles through the Celery door (running workers do the work)."""
     from celery.exceptions import TimeoutError as CeleryTimeout
 
     from tasks.celery_app import app
 
     request = {
         "customer_email": customer_email,
-        "number_of_tickets": number_of_tickets or len(passenger),
+        "number_of_tickets": len(passenger) if number_of_tickets is None else number_of_tickets,
         "show_id": show_id,
         "passengers": passenger,
         "inbound_flight_id": inbound_flight_id,
         "return_flight_id": return_flight_id,
     }
     if vip_bundle_id:
+        if count > 1:
+            raise typer.BadParameter("one id names one bundle", param_hint="--vip-bundle-id")
         request["vip_bundle_id"] = vip_bundle_id
-    result = app.send_task("vip_bundle.book", kwargs=request, queue="vip-bundles")
-    try:
-        answer = result.get(timeout=timeout)
-    except CeleryTimeout:
-        console.print(f"[red]no answer in {timeout} s: is a worker running?[/]")
-        raise typer.Exit(2) from None
-    except Exception as exc:  # the worker's refusal, rebuilt from the result backend
-        console.print(f"[red]refused:[/] {exc}")
-        raise typer.Exit(1) from None
-    console.print_json(json.dumps(answer))
+    results = [
+        app.send_task("vip_bundle.book", kwargs=request, queue="vip-bundles") for _ in range(count)
+    ]
+    answers, refused = [], []
+    with _progress(count > 1) as progress:
+        bar = progress.add_task("booking", total=count)
+        for result in results:
+            try:
+                answers.append(result.get(timeout=timeout))
+            except CeleryTimeout:
+                console.print(f"[red]no answer in {timeout} s: is a worker running?[/]")
+                raise typer.Exit(2) from None
+            except Exception as exc:  # the worker's refusal, rebuilt from the result backend
+                refused.append(str(exc))
+            progress.advance(bar)
+    if refused:
+        console.print(f"[red]refused:[/] {refused[0]}")
+        raise typer.Exit(1)
+    if count == 1 and not wait:
+        console.print_json(json.dumps(answers[0]))
+        return
+    if wait:
+        _wait_settled([a["vip_bundle_id"] for a in answers], show_bar=count > 1)
+    else:
+        console.print(f"booked {len(answers)} bundles: vip-bundles status <id> for each")
+
+
+def _progress(visible: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not visible,
+    )
+
+
+def _wait_settled(bundle_ids: list[str], show_bar: bool, timeout: float = 300) -> None:
+    from collections import Counter
+
+    from process_manager.bundle import FINAL, Status
+    from tasks.celery_app import store
+
+    settled_states = {*FINAL, Status.COMPENSATION_FAILED}
+    pending, statuses = set(bundle_ids), Counter[str]()
+    deadline = time.monotonic() + timeout
+    with _progress(show_bar) as progress:
+        bar = progress.add_task("settling", total=len(bundle_ids))
+        while pending and time.monotonic() < deadline:
+            for bundle_id in list(pending):
+                bundle = store().require(bundle_id)
+                if bundle.status in settled_states:
+                    pending.discard(bundle_id)
+                    statuses[bundle.status] += 1
+                    progress.advance(bar)
+            time.sleep(0.1)
+    statuses.update({"still in flight": len(pending)} if pending else {})
+    if len(bundle_ids) == 1:
+        console.print(f"{bundle_ids[0]}: {next(iter(statuses))}")
+    else:
+        console.print(", ".join(f"{n} {s}" for s, n in statuses.most_common()))
 
 
 @cli.command()
@@ -140,6 +198,17 @@ def simulator(
             [sys.executable, "-m", "partner_simulator", "--host", host, "--port", str(port)]
         )
     )
+
+
+@cli.command()
+def api(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+) -> None:
+    """Serve the HTTP door: POST /book-vip-bundle, GET /vip-bundles[/{id}]."""
+    from vip_bundles.api import serve
+
+    serve(host=host, port=port)
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+from celery import Celery
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -146,8 +147,13 @@ def start_worker(
     queues: list[str] | None = None,
     logdir: Path | None = None,
     ready_timeout: float = 60,
+    control_app: Celery | None = None,
 ) -> Worker:
-    """Start a worker and wait until it answers a ping."""
+    """Start a worker and wait until it answers a ping.
+
+    The ping goes through `control_app` (default: our app, configured from this process's
+    environment), which must use the same broker as the worker.
+    """
     name = name or f"vip-{os.getpid()}-{free_port()}@localhost"
     logdir = logdir or Path(tempfile.mkdtemp(prefix="vip-bundles-logs-"))
     logfile = logdir / f"{name.split('@')[0]}.log"
@@ -181,12 +187,13 @@ def start_worker(
         stderr=subprocess.STDOUT,
     )
     worker = Worker(proc, name, logfile, env)
-    from tasks.celery_app import app  # the caller's env names the same broker
+    if control_app is None:
+        from tasks.celery_app import app as control_app
 
     def answers() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"worker {name} exited: see {logfile}")
-        return bool(app.control.ping(destination=[name], timeout=0.5))
+        return bool(control_app.control.ping(destination=[name], timeout=0.5))
 
     _wait(answers, ready_timeout, f"worker {name}")
     return worker

@@ -1,0 +1,78 @@
+"""Door 3 and the demo, run as a user runs them: the `vip-bundles` command in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from tests.conftest import RUN_PREFIX
+from tests.helpers import Saga, request
+from vip_bundles import local_stack
+
+
+def vip_bundles(*args: str, prefix: str = RUN_PREFIX, timeout: float = 120):
+    env = local_stack.celery_env(KEY_PREFIX=prefix, COLUMNS="200")
+    return subprocess.run(
+        [sys.executable, "-m", "vip_bundles", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def book_args(body: dict) -> list[str]:
+    args = [
+        "book",
+        "--customer-email",
+        body["customer_email"],
+        "--show-id",
+        body["show_id"],
+        "--inbound-flight-id",
+        body["inbound_flight_id"],
+        "--return-flight-id",
+        body["return_flight_id"],
+    ]
+    for name in body["passengers"]:
+        args += ["--passenger", name]
+    return args
+
+
+def test_book_status_and_list(saga: Saga):
+    out = vip_bundles(*book_args(request()), "--count", "3", "--wait")
+    assert out.returncode == 0, out.stderr
+    assert "3 finalized" in out.stdout
+
+    body = request()
+    saga.sim.set_flight_seats(body["return_flight_id"], 0)
+    out = vip_bundles(*book_args(body), "--wait")
+    assert out.returncode == 0, out.stderr
+    bundle_id, status = re.search(r"([0-9a-f-]{36}): (\w+)", out.stdout).groups()
+    assert status == "failed"
+
+    out = vip_bundles("status", bundle_id)
+    assert out.returncode == 0, out.stderr
+    for text in ("FlightBookingFailed_v1", "TicketRefunded_v1", "VipBundleFailed_v1"):
+        assert text in out.stdout
+    out = vip_bundles("list", "--status", "failed")
+    assert bundle_id in out.stdout
+
+
+def test_bad_input_is_refused_naming_the_field(saga: Saga):
+    out = vip_bundles(*book_args(request(customer_email="nope")), "--number-of-tickets", "0")
+    assert out.returncode == 1
+    assert "customer_email" in out.stdout and "number_of_tickets" in out.stdout
+    assert vip_bundles("list", "--status", "nonsense").returncode == 2
+    assert vip_bundles("status", "no-such-bundle").returncode == 1
+
+
+def test_demo_books_bundles_and_shows_both_outcomes(redis_url: str):
+    out = vip_bundles("demo", prefix=f"{RUN_PREFIX}demo:", timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "using the Redis server" in out.stdout
+    assert "finalized" in out.stdout and "failed" in out.stdout
+    assert "refunded 2 tickets" in out.stdout and "cancelled inbound flight" in out.stdout
+    assert "Stopped what the demo started" in out.stdout
+    assert os.environ["KEY_PREFIX"] == RUN_PREFIX

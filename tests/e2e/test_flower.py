@@ -1,0 +1,86 @@
+"""Flower sees the saga: a real `celery flower` lists a bundle's tasks with its id in their args."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from process_manager.bundle import Status
+from tests.helpers import Saga, request
+from vip_bundles import local_stack
+
+AUTH = ("ops", "s3cret")
+SAGA_TASKS = [
+    "vip_bundle.book",
+    "vip_bundle.book_show_tickets",
+    "vip_bundle.book_flight",
+    "vip_bundle.finalize",
+]
+
+
+@pytest.fixture(scope="module")
+def flower(worker_env: dict[str, str], worker: local_stack.Worker) -> Iterator[str]:
+    port = local_stack.free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tasks",
+            "flower",
+            f"--port={port}",
+            "--address=127.0.0.1",
+            f"--basic-auth={AUTH[0]}:{AUTH[1]}",
+        ],
+        env=worker_env,
+        cwd=local_stack.ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthcheck", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        raise TimeoutError("flower did not start")
+    time.sleep(1)  # let it subscribe to the worker's events before the bundle runs
+    yield url
+    local_stack.stop_process(proc)
+
+
+def test_flower_lists_a_bundles_tasks_with_its_id(flower: str, saga: Saga):
+    assert httpx.get(f"{flower}/api/tasks", timeout=5).status_code == 401  # auth is on
+    bundle = saga.run(request())
+    assert bundle.status is Status.FINALIZED
+
+    seen: dict[str, list[dict]] = {}
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and set(seen) != set(SAGA_TASKS):
+        for name in SAGA_TASKS:
+            tasks = httpx.get(
+                f"{flower}/api/tasks", params={"taskname": name}, auth=AUTH, timeout=5
+            ).json()
+            mine = [
+                t
+                for t in tasks.values()
+                if bundle.vip_bundle_id in f"{t.get('args')}{t.get('kwargs')}{t.get('result')}"
+            ]
+            if mine:
+                seen[name] = mine
+        time.sleep(0.3)
+    assert set(seen) == set(SAGA_TASKS)
+    assert len(seen["vip_bundle.book_flight"]) == 2  # inbound and return
+    assert all(t["state"] == "SUCCESS" for ts in seen.values() for t in ts)
+    metrics = httpx.get(f"{flower}/metrics", timeout=5).text
+    assert "flower_events_total" in metrics

@@ -1,0 +1,3 @@
+from vip_bundles.cli import main
+
+main()
