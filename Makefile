@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all lint bench clean
+.PHONY: demo test test-slow lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +16,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/vip-bundles demo
 
+# The quick suite (a few minutes): unit, simulator and end-to-end tests with real workers.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+# The fault-injection scenarios of tests/reliability (kill -9, broker restart, outages...).
+# (exit 5 is pytest's "no test collected", e.g. with the scenarios filtered out by -k.)
+test-slow: $(STAMP)
+	$(BIN)/pytest -m slow || [ $$? -eq 5 ]
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -58,18 +58,18 @@ def run(bundles_per_scenario: int = 1) -> int:
         started.append(sim_proc)
         console.print(f"[bold]Partner simulator[/]: started at {sim_url}")
         # Settings are read once per process: set them before the tasks are imported.
-        os.environ.update(
-            REDIS_URL=redis.url,
-            GATEWAY_URL=sim_url,
-            KEY_PREFIX=f"vip-bundles-demo-{uuid.uuid4().hex[:6]}:",
-        )
+        os.environ.update(REDIS_URL=redis.url, GATEWAY_URL=sim_url)
         get_settings.cache_clear()
         worker = local_stack.start_worker(local_stack.celery_env(), name="demo@localhost")
         started.append(worker)
         console.print(
             f"[bold]Celery worker[/]: started `celery -A tasks worker` (log: {worker.logfile})"
         )
-        return _book_all(SimulatorClient(sim_url), bundles_per_scenario)
+        return _book_all(
+            SimulatorClient(sim_url),
+            bundles_per_scenario,
+            redis.process is None and redis.embedded is None,
+        )
     finally:
         for thing in reversed(started):
             if hasattr(thing, "stop"):
@@ -79,7 +79,7 @@ def run(bundles_per_scenario: int = 1) -> int:
         console.print("Stopped what the demo started.")
 
 
-def _book_all(sim: Any, per_scenario: int) -> int:
+def _book_all(sim: Any, per_scenario: int, redis_kept: bool) -> int:
     from process_manager.bundle import Bundle
     from tasks.celery_app import app, store
 
@@ -117,10 +117,12 @@ def _book_all(sim: Any, per_scenario: int) -> int:
             f"{seconds:.2f}",
         )
     console.print(table)
-    console.print(
-        f"Events were published to the Redis stream [bold]{store().stream}[/]. "
-        "Each bundle's full record: `vip-bundles status <id>` while Redis runs."
-    )
+    console.print(f"Events were published to the Redis stream [bold]{store().stream}[/].")
+    if redis_kept:  # the bundles outlive the demo only in a Redis we did not start
+        example = next(b for _, b, _ in rows if b.status == "failed")
+        console.print(
+            f"Why a bundle failed, step by step: vip-bundles status {example.vip_bundle_id}"
+        )
     unsettled = [b for _, b, _ in rows if b.status not in ("finalized", "failed")]
     return 1 if unsettled else 0
 
