@@ -87,8 +87,25 @@ def parse_request(data: Any) -> BookVipBundle:
         return BookVipBundle.model_validate(data)
     except ValidationError as exc:
         errors = field_errors(exc)
-        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        raise InvalidRequest(f"invalid vip bundle request: {summary}", errors) from None
+    # pydantic checks cross-field rules only once every field is valid: name them anyway.
+    named = {e["field"].split(".")[0] for e in errors}
+    errors += [e for e in _cross_field_errors(data) if e["field"] not in named]
+    summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    raise InvalidRequest(f"invalid vip bundle request: {summary}", errors) from None
+
+
+def _cross_field_errors(data: dict[str, Any]) -> list[dict[str, str]]:
+    errors = []
+    passengers, tickets = data.get("passengers"), data.get("number_of_tickets")
+    valid_count = isinstance(tickets, int) and 1 <= tickets <= MAX_TICKETS
+    if isinstance(passengers, list) and valid_count and len(passengers) > tickets:
+        errors.append({"field": "passengers", "message": "at most number_of_tickets names"})
+    inbound, back = data.get("inbound_flight_id"), data.get("return_flight_id")
+    if inbound is not None and str(inbound).lower() == str(back).lower():
+        errors.append(
+            {"field": "return_flight_id", "message": "must differ from inbound_flight_id"}
+        )
+    return errors
 
 
 # --- commands: what the saga orders -----------------------------------------------------------

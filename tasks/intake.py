@@ -15,12 +15,12 @@ from tasks.saga import run_forward
 log = get_task_logger(__name__)
 
 
-def book_bundle(request: BookVipBundle) -> tuple[Bundle, bool]:
+def book_bundle(request: BookVipBundle, correlation_id: str | None = None) -> tuple[Bundle, bool]:
     """Store a validated request and start its saga; the same id twice is one bundle.
 
     Returns (bundle, created). Raises `InvalidRequest` if the id exists with another request.
     """
-    fresh = Bundle.from_request(request)
+    fresh = Bundle.from_request(request, correlation_id)
     bundle, created = store().create(fresh, saga.initialized(fresh))
     if created:
         # If this process dies before the chain is sent, the reconciler starts it.

@@ -103,3 +103,17 @@ def test_events_round_trip_with_their_header():
 def test_unknown_events_are_refused():
     with pytest.raises(InvalidRequest):
         parse_event({"header": {"event_name": "Nope_v9"}, "payload": {}})
+
+
+def test_cross_field_rules_are_named_alongside_other_bad_fields():
+    flight = str(uuid.uuid4())
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(
+            valid(
+                customer_email="x",
+                inbound_flight_id=flight,
+                return_flight_id=flight,
+                number_of_tickets=1,
+            )
+        )
+    assert {"customer_email", "return_flight_id", "passengers"} <= fields_of(caught.value)
