@@ -115,14 +115,18 @@ class BundleStore:
         """Compare-and-set: store `new` only if the bundle is still at `old.version`."""
         return self._write(old, new, event)
 
-    def apply(self, bundle_id: str, decide: Decide, attempts: int = 20) -> Applied:
+    def apply(
+        self, bundle_id: str, decide: Decide, attempts: int = 20, current: Bundle | None = None
+    ) -> Applied:
         """Read the bundle, ask `decide` for an event, apply and store it atomically.
 
         `decide` returning None, or an event the bundle refuses (a duplicate or late message),
-        changes nothing. A concurrent change makes us re-read and decide again.
+        changes nothing. A concurrent change makes us re-read and decide again. `current`, a
+        copy the caller just read, saves the first read (the version check keeps it safe).
         """
         for _ in range(attempts):
-            bundle = self.require(bundle_id)
+            bundle = current or self.require(bundle_id)
+            current = None
             event = decide(bundle)
             if event is None:
                 return Applied(bundle, None)

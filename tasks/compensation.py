@@ -54,7 +54,7 @@ def refund_ticket(vip_bundle_id: str, ticket_id: str) -> str:
         )
 
     _or_park(command, undo)
-    record(command, lambda b: saga.ticket_refunded(b, ticket_id))
+    record(command, lambda b: saga.ticket_refunded(b, ticket_id), bundle)
     return "refunded"
 
 
@@ -78,5 +78,5 @@ def cancel_flight_tickets(vip_bundle_id: str, leg: str) -> str:
         return ticket_ids
 
     ticket_ids = _or_park(command, undo)
-    record(command, lambda b: saga.flight_tickets_cancelled(b, command.leg, ticket_ids))
+    record(command, lambda b: saga.flight_tickets_cancelled(b, command.leg, ticket_ids), bundle)
     return "cancelled"

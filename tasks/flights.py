@@ -23,4 +23,4 @@ def book_flight(vip_bundle_id: str, leg: str) -> None:
         idempotency_key=bundle.key(f"flight-{leg}"),
         correlation_id=bundle.correlation_id,
     )
-    record(command, lambda b: saga.flight_booked(b, command.leg, ticket_ids))
+    record(command, lambda b: saga.flight_booked(b, command.leg, ticket_ids), bundle)

@@ -88,8 +88,8 @@ def run_forward(bundle: Bundle) -> None:
 def finalize(vip_bundle_id: str) -> None:
     """Both flights are booked: the bundle is done (`VipBundleFinalized_v1`)."""
     command = FinalizeVipBundle(vip_bundle_id=vip_bundle_id)
-    if due(command) is not None:
-        record(command, saga.finalized)
+    if (bundle := due(command)) is not None:
+        record(command, saga.finalized, bundle)
 
 
 @app.task(name="vip_bundle.on_step_failed", ignore_result=True)

@@ -22,4 +22,4 @@ def book_show_tickets(vip_bundle_id: str) -> None:
         number_of_tickets=bundle.number_of_tickets,
         correlation_id=bundle.correlation_id,
     )
-    record(command, lambda b: saga.booking_made(b, ticket_ids))
+    record(command, lambda b: saga.booking_made(b, ticket_ids), bundle)

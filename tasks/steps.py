@@ -31,11 +31,16 @@ def due(command: Command) -> Bundle | None:
     return None
 
 
-def record(command: Command, outcome: Callable[[Bundle], Event]) -> Applied:
-    """Apply the step's event atomically, unless someone else already did (or it moved on)."""
+def record(command: Command, outcome: Callable[[Bundle], Event], read: Bundle) -> Applied:
+    """Apply the step's event atomically, unless someone else already did (or it moved on).
+
+    `read` is the bundle as `due` read it: stored as the next version of it when nobody
+    changed it meanwhile, else the bundle is read again and the step re-decided.
+    """
     applied = store().apply(
         command.vip_bundle_id,
         lambda bundle: outcome(bundle) if saga.is_pending(bundle, command) else None,
+        current=read,
     )
     if applied.event is None:
         log.info(
