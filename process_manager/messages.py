@@ -108,6 +108,20 @@ def _cross_field_errors(data: dict[str, Any]) -> list[dict[str, str]]:
     return errors
 
 
+def example_request(**changes: Any) -> dict[str, Any]:
+    """A valid request with fresh show and flight ids; a change set to `...` drops that field."""
+    body: dict[str, Any] = {
+        "customer_email": "ann@example.com",
+        "number_of_tickets": 2,
+        "show_id": str(uuid.uuid4()),
+        "passengers": ["Ann Lee", "Bob Lee"],
+        "inbound_flight_id": str(uuid.uuid4()),
+        "return_flight_id": str(uuid.uuid4()),
+    }
+    body.update(changes)
+    return {k: v for k, v in body.items() if v is not ...}
+
+
 # --- commands: what the saga orders -----------------------------------------------------------
 
 

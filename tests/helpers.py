@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from partner_simulator.server import SimulatorClient
 from process_manager.bundle import FINAL, Bundle, Status
+from process_manager.messages import example_request
 from tasks.celery_app import app, redis_client, store
 
 SETTLED = {*FINAL, Status.COMPENSATION_FAILED}
-
-
-def request(**changes: Any) -> dict[str, Any]:
-    """A valid intake request with fresh show and flight ids (so tests never share seats)."""
-    body: dict[str, Any] = {
-        "customer_email": "ann@example.com",
-        "number_of_tickets": 2,
-        "show_id": str(uuid.uuid4()),
-        "passengers": ["Ann Lee", "Bob Lee"],
-        "inbound_flight_id": str(uuid.uuid4()),
-        "return_flight_id": str(uuid.uuid4()),
-    }
-    body.update(changes)
-    return body
+request = example_request  # fresh show and flight ids each time, so tests never share seats
 
 
 @dataclass

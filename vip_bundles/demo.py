@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,14 +127,9 @@ def _book_all(sim: Any, per_scenario: int, redis_kept: bool) -> int:
 
 
 def _start(app: Any, sim: Any, scenario: Scenario) -> str:
-    body = {
-        "customer_email": "ann@example.com",
-        "number_of_tickets": 2,
-        "show_id": str(uuid.uuid4()),
-        "passengers": ["Ann Lee", "Bob Lee"],
-        "inbound_flight_id": str(uuid.uuid4()),
-        "return_flight_id": str(uuid.uuid4()),
-    }
+    from process_manager.messages import example_request
+
+    body = example_request()
     if scenario.sold_out == "show":
         sim.set_show_seats(body["show_id"], 0)
     elif scenario.sold_out:

@@ -13,19 +13,7 @@ from process_manager.messages import (
     parse_event,
     parse_request,
 )
-
-
-def valid(**changes):
-    request = {
-        "customer_email": "ann@example.com",
-        "number_of_tickets": 2,
-        "show_id": str(uuid.uuid4()),
-        "passengers": ["Ann Lee", "Bob Lee"],
-        "inbound_flight_id": str(uuid.uuid4()),
-        "return_flight_id": str(uuid.uuid4()),
-    }
-    request.update(changes)
-    return {k: v for k, v in request.items() if v is not ...}
+from process_manager.messages import example_request as valid
 
 
 def fields_of(exc: InvalidRequest) -> set[str]:
