@@ -31,10 +31,19 @@ _redis_options = {
     "visibility_timeout": _s.visibility_timeout_s,
     "global_keyprefix": _s.key_prefix,
 }
-if broker_url.startswith(("redis://", "rediss://", "unix://")):
-    broker_transport_options = _redis_options
+if broker_url.startswith(("redis://", "rediss://")):
+    # Look for abandoned unacked messages every 10 s, not kombu's 10 x 10 s.
+    broker_transport_options = {
+        **_redis_options,
+        "unacked_restore_interval": 10,
+        "unacked_restore_throttle": 1,
+    }
+    # Drops (and logs) list entries that are not messages instead of dying on them.
+    broker_transport = "vip_bundles.broker:Transport"
 if result_backend.startswith(("redis://", "rediss://")):
     result_backend_transport_options = _redis_options
+# Refuses task messages it cannot build a request from, instead of stopping the worker.
+worker_consumer = "vip_bundles.broker:Consumer"
 broker_connection_retry_on_startup = True
 
 # Queues: intake (the public door), the forward booking steps, and compensations, so that

@@ -215,6 +215,32 @@ def step_failed(bundle: Bundle, step: Command, reason: str, max_attempts: int) -
     return _new(bundle, StepFailed, f"step-failed-{attempt}", step=name, reason=reason)
 
 
+def start_key(bundle: Bundle, command: Command) -> str:
+    """Names one step for counting its starts; an undo's count is per rollback round, so a
+    parked bundle taken up again gets a fresh budget."""
+    args = [str(v) for k, v in command.model_dump(mode="json").items() if k != "vip_bundle_id"]
+    if isinstance(command, RefundTicket | CancelFlightTickets):
+        args.append(f"round-{bundle.compensation_failures}")
+    return ":".join([type(command).__name__, *args])
+
+
+def never_finished(bundle: Bundle, command: Command, starts: int) -> Event | None:
+    """A step started `starts` times and never finished (its worker died each time): give up.
+
+    A forward step rolls the saga back (in doubt: it may have reached the partner); an undo
+    parks the bundle for the reconciler's later rounds. Finalizing calls no partner: None.
+    """
+    reason = f"started {starts} times and never finished (worker lost each time?)"
+    match command:
+        case BookShowTickets():
+            return booking_failed(bundle, reason, in_doubt=True)
+        case BookFlight(leg=leg):
+            return flight_booking_failed(bundle, leg, reason, in_doubt=True)
+        case RefundTicket() | CancelFlightTickets():
+            return compensation_failed(bundle, type(command).__name__, reason)
+    return None
+
+
 def ticket_refunded(bundle: Bundle, ticket_id: str) -> Event:
     return _new(bundle, TicketRefunded_v1, f"ticket-refunded-{ticket_id}", ticket_id=ticket_id)
 

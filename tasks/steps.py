@@ -12,23 +12,48 @@ from celery.utils.log import get_task_logger
 
 from process_manager import saga
 from process_manager.bundle import Bundle
-from process_manager.messages import Command, Event
+from process_manager.messages import BookingFailed_v1, Command, Event, FlightBookingFailed_v1
 from process_manager.store import Applied
 from tasks.celery_app import store
+from vip_bundles.settings import get_settings
 
 log = get_task_logger(__name__)
 
 
 def due(command: Command) -> Bundle | None:
-    """The bundle if `command` is still to be done, else None (and a log line saying why)."""
+    """The bundle if `command` is still to be done, else None (and a log line saying why).
+
+    Each start is counted: past `2 * MAX_STEP_ATTEMPTS` starts (the step's worker died every
+    time: a failure that ends normally gives up at MAX_STEP_ATTEMPTS) the saga gives up on it.
+    """
     bundle = store().require(command.vip_bundle_id)
-    if saga.is_pending(bundle, command):
-        log.info("%s %s", type(command).__name__, command.model_dump(mode="json"))
-        return bundle
-    log.info(
-        "%s: skipped, bundle %s is %s", type(command).__name__, command.vip_bundle_id, bundle.status
+    if not saga.is_pending(bundle, command):
+        log.info(
+            "%s: skipped, bundle %s is %s",
+            type(command).__name__,
+            command.vip_bundle_id,
+            bundle.status,
+        )
+        return None
+    starts = store().count_start(bundle.vip_bundle_id, saga.start_key(bundle, command))
+    if starts > 2 * get_settings().max_step_attempts:
+        _give_up(command, starts)
+        return None
+    log.info("%s %s", type(command).__name__, command.model_dump(mode="json"))
+    return bundle
+
+
+def _give_up(command: Command, starts: int) -> None:
+    applied = store().apply(
+        command.vip_bundle_id,
+        lambda b: saga.never_finished(b, command, starts) if saga.is_pending(b, command) else None,
     )
-    return None
+    name, bundle_id = type(command).__name__, command.vip_bundle_id
+    log.error("%s for %s: gave up after %d starts", name, bundle_id, starts)
+    if isinstance(applied.event, BookingFailed_v1 | FlightBookingFailed_v1):
+        from tasks.saga import handle_event  # tasks.saga imports this module
+
+        handle_event.delay(applied.event.to_message())
 
 
 def record(command: Command, outcome: Callable[[Bundle], Event], read: Bundle) -> Applied:

@@ -235,7 +235,9 @@ class Partners:
             headers["Correlation-ID"] = correlation_id
         retrying = Retrying(
             stop=stop_after_attempt(self.attempts),
-            wait=wait_exponential_jitter(initial=0.05, max=self.max_wait_s),
+            # 50 ms, 100 ms, 200 ms ... capped, plus up to 100 ms of jitter so that callers
+            # failing together do not retry together.
+            wait=wait_exponential_jitter(multiplier=0.05, jitter=0.1, max=self.max_wait_s),
             retry=retry_if_exception_type((_Transient, httpx.TransportError)),
             reraise=True,
         )

@@ -76,8 +76,11 @@ def test_return_sold_out_cancels_the_inbound_flight_and_refunds(saga: Saga):
     assert all(t["cancelled"] for t in left)
     assert len(saga.calls(bundle, "/payments-api/refunds")) == 2
     events = saga.events(bundle.vip_bundle_id)
-    assert events[:5] == [*FORWARD_EVENTS, "FlightBookingFailed_v1", "FlightTicketsCancelled_v1"]
-    assert events.count("TicketRefunded_v1") == 2
+    assert events[:4] == [*FORWARD_EVENTS, "FlightBookingFailed_v1"]
+    # The undo steps run in parallel: any order, each once, then the bundle fails.
+    assert sorted(events[4:-1]) == [
+        "FlightTicketsCancelled_v1", "TicketRefunded_v1", "TicketRefunded_v1"
+    ]
     assert events[-1] == "VipBundleFailed_v1"
 
 

@@ -1,0 +1,49 @@
+"""Fixtures of the reliability suite: a private stack per scenario, and recording its figures."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.reliability import results
+from tests.reliability.invariants import Report
+from tests.reliability.stack import Stack
+
+
+@pytest.fixture
+def make_stack(redis_url: str, logdir: Path) -> Iterator[Callable[..., Stack]]:
+    """`make_stack(name, redis_url=..., **worker_env)`: a Stack closed after the test."""
+    stacks: list[Stack] = []
+
+    def make(name: str, url: str | None = None, **env: str) -> Stack:
+        stack = Stack(name, url or redis_url, logdir, **env)
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in reversed(stacks):
+        stack.close()
+
+
+@pytest.fixture
+def record(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """`record(key, title, report, faults=[...], **figures)`: keep the scenario's figures."""
+    started = time.monotonic()
+
+    def save(key: str, title: str, report: Report, faults: list[str], **figures: Any) -> None:
+        results.record(
+            key,
+            title=title,
+            faults=faults,
+            counts=report.as_dict(),
+            violations=report.violations[:20],
+            figures=figures,
+            duration_s=round(time.monotonic() - started, 1),
+            command=f'.venv/bin/pytest -m slow "{request.node.nodeid}"',
+        )
+
+    return save

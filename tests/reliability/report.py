@@ -1,0 +1,296 @@
+"""Render docs/reliability.md from the figures the last reliability run recorded.
+
+    .venv/bin/pytest -m slow tests/reliability          # writes build/reliability/results.json
+    .venv/bin/python -m tests.reliability.report        # writes docs/reliability.md
+
+The prose (what each scenario does, what healed it) is here; every number comes from the run.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from tests.reliability.results import RESULTS, ROOT, load
+
+DOC = ROOT / "docs" / "reliability.md"
+RUN_ALL = (
+    ".venv/bin/pytest -m slow tests/reliability && .venv/bin/python -m tests.reliability.report"
+)
+COLUMNS = [
+    ("bundles", "bundles"),
+    ("finalized", "finalized"),
+    ("failed", "failed"),
+    ("parked", "parked"),
+    ("stuck", "stuck"),
+    ("lost", "lost"),
+    ("duplicated_effects", "dup. effects"),
+    ("leaked_flights", "leaked flights"),
+    ("leaked_show_tickets", "leaked show tickets"),
+    ("double_refunds", "double refunds"),
+    ("seats_below_zero", "seats < 0"),
+    ("events_lost", "events lost"),
+]
+ORDER = [
+    "1-kill-redelivery",
+    "1-kill-reconciler",
+    "1-kill-poison",
+    "2-duplicates",
+    "3-flaky",
+    "4-outage",
+    "5-restart-sigterm",
+    "5-restart-sigkill",
+    "6-seats",
+    "7-bad-celery",
+    "7-bad-http",
+    "7-garbage-celery",
+    "7-garbage-hardened",
+]
+
+INTRO = f"""# Reliability: what the saga survives, measured
+
+Every scenario below runs real `celery worker` processes (and `celery beat` where it says so),
+a real Redis and the partner simulator over HTTP, injects its faults, waits for the bundles to
+settle, and then checks the invariants of `tests/reliability/invariants.py` over what the
+partners saw (`/_sim/calls`, flight tickets, refunds, receipts, seat counts) and over what Redis
+holds (each bundle, its status index, the events stream):
+
+- every bundle is stored, in exactly one status index, and `finalized`, `failed`, or parked in
+  `compensation_failed` (counted as *parked* and listed); none *stuck* in flight, none *lost*;
+- a finalized bundle holds its show tickets and both legs; nothing refunded, voided, cancelled;
+- a failed bundle has each ticket refunded once and its receipt voided, every flight ticket it
+  booked cancelled (else *leaked*);
+- no effect twice for one idempotency key and no key reused for another request
+  (*dup. effects*), no ticket refunded twice, seats never below zero (and where a test set the
+  capacity, seats left = capacity - tickets held);
+- every event in a bundle's history is on the stream once, in order (else *events lost*).
+
+Each scenario has its own `KEY_PREFIX` (queues, results, bundles, events) and its own simulator
+process, so the counts are that scenario's alone. Tests never assert timings.
+
+Run them all (about 6 minutes on 2 cores) and regenerate this page:
+
+```bash
+{RUN_ALL}
+```
+
+The default `pytest` run skips them (`-m "not slow"`); CI runs both.
+"""
+
+# What each scenario shows beyond its numbers.
+NOTES: dict[str, str] = {
+    "1-kill-redelivery": (
+        "Five bundles are each held 20 s inside a different step kind (the simulator delays "
+        "that call), then the worker's whole process group is killed. No reconciler runs. The "
+        "unacked messages come back once `VISIBILITY_TIMEOUT_S` has passed: *redelivered "
+        "messages* are task ids the new worker received that the killed one had received. "
+        "Note kombu's sweep: a worker restores abandoned messages when it starts and then only "
+        "every `unacked_restore_interval` x `unacked_restore_throttle` = 10 x 10 s, so on a "
+        "worker that stays up a lost message can take `VISIBILITY_TIMEOUT_S` + 100 s to come "
+        "back (see *Proposed* below)."
+    ),
+    "1-kill-reconciler": (
+        "The same kill, but the killed messages never come back (the new worker's "
+        "`VISIBILITY_TIMEOUT_S` is an hour): only beat's reconciler, which resumes bundles with "
+        "no transition for `STALE_AFTER_S` from their stored state, heals them. Production runs "
+        "both; the steps are idempotent, so whichever comes second finds the work done."
+    ),
+    "1-kill-poison": (
+        "A step whose worker dies every time it runs: Celery would redeliver it forever (no "
+        "redelivery cap, no redelivered flag on Redis). `tasks/steps.py:due()` counts the "
+        "starts of each step in Redis and, past `2 * MAX_STEP_ATTEMPTS`, gives up: a forward "
+        "step rolls back in doubt (the flight is cancelled by looking it up by reference), an "
+        "undo parks the bundle for the reconciler's next round."
+    ),
+    "2-duplicates": (
+        "*skipped as done*: duplicates that found their step already recorded; *lost the "
+        "race*: duplicates that ran concurrently with the original, reached the partner with "
+        "the same idempotency key (answered from its first answer) and lost the versioned "
+        "write; *events seen before*: failure events the process manager recognised by id."
+    ),
+    "3-flaky": (
+        "Partner calls retry in-process (tenacity, `HTTP_RETRY_ATTEMPTS=4`); a step that still "
+        "fails is noted (*step failures noted*) and resumed by the reconciler; an undo that "
+        "still fails parks the bundle, and the reconciler takes it up again (*parked on the "
+        "way*)."
+    ),
+    "4-outage": (
+        "*during outage* are the invariant counts while payments were still down: every bundle "
+        "that must refund is parked and listed, the others finalized. After payments came back "
+        "a real `celery beat` took them up; all ended `failed` with one refund per ticket."
+    ),
+    "5-restart-sigterm": (
+        "One test-owned `redis-server` is broker, result backend and state store at once. The "
+        "tasks running when it went away failed: their outcome, errback or result could not be "
+        "written (*tasks failed on redis*: `network:ConnectionError` lines in the worker's "
+        "log), so their chain or chord "
+        "broke. The worker reconnected by itself (*worker reconnected*), the bundles whose "
+        "chain broke were resumed by the reconciler (*reconciler*), and no message had to be "
+        "given back by the broker (*messages given back*). *status at restart* shows how many "
+        "bundles were in flight."
+    ),
+    "5-restart-sigkill": (
+        "The same, but Redis is killed without a chance to flush (`appendfsync everysec`: up "
+        "to a second of writes may be lost). The append-only file keeps a prefix of history, "
+        "so state, queues and stream stay consistent with each other; partner calls redone "
+        "after the restart carry the same keys."
+    ),
+    "6-seats": (
+        "*refused 409* counts the flight bookings the airline refused; the losers' inbound "
+        "seats are all given back."
+    ),
+    "7-bad-celery": (
+        "Hypothesis generates requests with one to three bad fields (missing, wrong type, out "
+        "of range, blank, unknown) or a broken cross-field rule; each is refused with "
+        "`InvalidRequest` naming every bad field; nothing is stored; then a valid bundle "
+        "finalizes on the same worker."
+    ),
+    "7-bad-http": (
+        "The same generated requests and arbitrary bytes posted to `POST /book-vip-bundle` "
+        "(served by uvicorn in a thread): each answered 422 with `errors` naming the fields, "
+        "never a 5xx, nothing stored, and the server still answers `/health`."
+    ),
+    "7-garbage-celery": (
+        "Garbage that Celery and kombu already refuse (JSON only: a pickled task is refused, "
+        "never executed); the worker keeps running and a valid bundle finalizes."
+    ),
+    "7-garbage-hardened": (
+        "Garbage that stops a stock Celery 5.7 worker for good (`Unrecoverable error`): raw "
+        "bytes or non-envelope JSON on the Redis list, a task body that is not `[args, kwargs, "
+        "embed]`. With acks_late the last one is restored and stops the next worker too. "
+        "`vip_bundles/broker.py` refuses them (logs, rejects without requeue) once celeryconfig "
+        "enables it; until then this test is an expected failure."
+    ),
+}
+
+HEALED_BY = [
+    (
+        "worker killed mid-step",
+        "redelivery after `VISIBILITY_TIMEOUT_S` (at once when a worker starts, else on kombu's "
+        "~100 s sweep), or the reconciler after `STALE_AFTER_S`: whichever comes first",
+    ),
+    (
+        "a step that always kills its worker",
+        "the start count in `due()`: rollback (forward step) or parking (undo) after "
+        "`2 * MAX_STEP_ATTEMPTS` starts",
+    ),
+    (
+        "duplicate messages, duplicate events",
+        "the stored state (a step not due does nothing), versioned writes (one of two racing "
+        "writers wins), idempotency keys at the partners, event ids seen before",
+    ),
+    (
+        "5xx and timeouts",
+        "tenacity retries in-process; then the reconciler (forward steps) or parking and the "
+        "reconciler's backoff (undo steps)",
+    ),
+    (
+        "payments down for long",
+        "parking in `compensation_failed`, the reconciler's doubling backoff, `failed` once "
+        "payments answer",
+    ),
+    (
+        "Redis restarted or killed",
+        "the append-only file, the worker reconnecting by itself, the reconciler for the "
+        "chains the outage broke; a client that got no answer resubmits with the same id",
+    ),
+    (
+        "the last seats",
+        "the airline's atomic seat check; the losers' rollback gives their other seats back",
+    ),
+    (
+        "malformed requests, garbage on the queue",
+        "pydantic validation at the doors; JSON-only content; `vip_bundles/broker.py` for what "
+        "would stop the worker",
+    ),
+]
+
+PROPOSED = """## Proposed (not applied here)
+
+- `celeryconfig.py`: enable the hardening of `vip_bundles/broker.py`
+  (`worker_consumer = "vip_bundles.broker:Consumer"`, and on a `redis://` broker
+  `broker_transport = "vip_bundles.broker:Transport"`). A stock worker stops for good on raw
+  bytes or non-envelope JSON pushed on the Redis list, or on a task body that is not
+  `[args, kwargs, embed]` (with acks_late that message comes back and stops the next worker);
+  `test_garbage_that_stops_a_stock_worker_is_refused_too` is an expected failure until then.
+- `celeryconfig.py`: make kombu sweep for abandoned
+  messages at the pace of the visibility timeout: `"unacked_restore_interval": 10,
+  "unacked_restore_throttle": 1` in the Redis transport options (the default sweeps every
+  100 s).
+"""
+
+
+def _findings() -> str:
+    rows = [f"| {fault} | {healed} |" for fault, healed in HEALED_BY]
+    table = ["## What healed what", "", "| fault | healed by |", "| --- | --- |", *rows]
+    return "\n".join([*table, "", PROPOSED])
+
+
+def _row(key: str, entry: dict[str, Any]) -> str:
+    counts = entry["counts"]
+    cells = [f"[{entry['title']}](#{key})", *(str(counts.get(c, "")) for c, _ in COLUMNS)]
+    return "| " + " | ".join([*cells, f"{entry['duration_s']} s"]) + " |"
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {v}" for k, v in value.items()) or "none"
+    return str(value)
+
+
+def _section(key: str, entry: dict[str, Any]) -> str:
+    counts = ", ".join(f"{label} {entry['counts'][c]}" for c, label in COLUMNS)
+    lines = [f'<a id="{key}"></a>', f"### {entry['title']}", ""]
+    if key in NOTES:
+        lines += [NOTES[key], ""]
+    lines += ["Faults injected:", "", *(f"- {f}" for f in entry["faults"]), ""]
+    figures = {k: v for k, v in entry.get("figures", {}).items() if k != "bundles"}
+    if figures:
+        lines += ["Measured:", ""]
+        lines += [f"- {k.replace('_', ' ')}: {_value(v)}" for k, v in figures.items()]
+        lines.append("")
+    lines += [f"Invariants: {counts}.", ""]
+    if entry.get("violations"):
+        lines += ["Violations:", "", *(f"- {v}" for v in entry["violations"]), ""]
+    lines += ["Reproduce:", "", "```bash", entry["command"], "```", ""]
+    return "\n".join(lines)
+
+
+def render(results: dict[str, dict[str, Any]]) -> str:
+    keys = [k for k in ORDER if k in results] + sorted(set(results) - set(ORDER))
+    machine = {results[k].get("machine") for k in keys} - {None}
+    dates = sorted(results[k]["recorded_at"] for k in keys)
+    header = "| scenario | " + " | ".join(label for _, label in COLUMNS) + " | time |"
+    parts = [
+        INTRO,
+        "## Figures of the last run",
+        "",
+        f"Recorded {dates[0]} to {dates[-1]} on {', '.join(sorted(machine))}."
+        if dates
+        else "No figures recorded yet.",
+        "",
+        header,
+        "|" + " --- |" * (len(COLUMNS) + 2),
+        *(_row(k, results[k]) for k in keys),
+        "",
+        "## Scenarios",
+        "",
+        *(_section(k, results[k]) for k in keys),
+        _findings(),
+    ]
+    return "\n".join(parts)
+
+
+def main() -> int:
+    results = load()
+    if not results:
+        print(f"no results at {RESULTS}: run `.venv/bin/pytest -m slow tests/reliability`")
+        return 1
+    DOC.parent.mkdir(exist_ok=True)
+    DOC.write_text(render(results))
+    print(f"wrote {DOC.relative_to(ROOT)} from {len(results)} scenarios in {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""One scenario's private stack: its own KEY_PREFIX, partner simulator and worker processes.
+
+The prefix covers the broker's queues, the result backend, the bundles and the events stream,
+so no other worker of the test session (nor a concurrent run) ever takes a scenario's messages,
+and the invariants see exactly the bundles the scenario made. The simulator is a subprocess of
+its own, so "what the partners saw" is this scenario's traffic only.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import re
+import subprocess
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from celery import Celery
+from celery.result import AsyncResult
+from redis import Redis, RedisError
+
+from partner_simulator.server import SimulatorClient, start_subprocess
+from process_manager.bundle import FINAL, Bundle, Status
+from process_manager.store import BundleStore
+from tests.conftest import RUN_PREFIX
+from tests.helpers import request
+from tests.reliability import invariants
+from vip_bundles import local_stack
+
+INTAKE, BOOKING, COMPENSATION = "vip-bundles", "vip-bundles.booking", "vip-bundles.compensation"
+SETTLED = frozenset({*FINAL, Status.COMPENSATION_FAILED})
+# Workers of a scenario heal with the reconciler only when a scenario says so.
+QUIET = {"STALE_AFTER_S": "3600", "RECONCILE_EVERY_S": "3600", "VISIBILITY_TIMEOUT_S": "3600"}
+_RECEIVED = re.compile(r"Task ([\w.]+)\[([0-9a-f-]{36})\] received")
+_RECONCILED = re.compile(r"reconcile: (\{.*\})")
+
+
+def client_app(redis_url: str, prefix: str) -> Celery:
+    """A Celery app as another service would hold: our routes and serializers, the scenario's
+    broker and KEY_PREFIX. It sends tasks by name and pings workers; it runs nothing."""
+    app = Celery("vip-bundles-reliability")
+    app.config_from_object("celeryconfig")
+    options = {"global_keyprefix": prefix, "visibility_timeout": 3600}
+    app.conf.update(
+        broker_url=redis_url,
+        result_backend=redis_url,
+        broker_transport_options=options,
+        result_backend_transport_options=options,
+    )
+    return app
+
+
+class Stack:
+    def __init__(self, name: str, redis_url: str, logdir: Path, **env: str) -> None:
+        self.name = name
+        self.redis_url = redis_url
+        self.prefix = f"{RUN_PREFIX}rel-{name}:"
+        self.logdir = logdir / name
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self.redis = Redis.from_url(redis_url)
+        self.store = BundleStore(self.redis, prefix=self.prefix)
+        self.sim_process, self.sim_url = start_subprocess()
+        self.sim = SimulatorClient(self.sim_url, timeout=30)
+        self.app = client_app(redis_url, self.prefix)
+        self.env_defaults = {**QUIET, **env}
+        self.workers: list[local_stack.Worker] = []
+        self.beats: list[subprocess.Popen[bytes]] = []
+        self.submitted: list[str] = []
+        self.bodies: dict[str, dict[str, Any]] = {}
+        self.capacity: dict[str, int] = {}
+
+    # --- processes ---
+    def env(self, **overrides: str) -> dict[str, str]:
+        return local_stack.celery_env(
+            REDIS_URL=self.redis_url,
+            GATEWAY_URL=self.sim_url,
+            KEY_PREFIX=self.prefix,
+            **{**self.env_defaults, **overrides},
+        )
+
+    def start_worker(self, name: str, concurrency: int = 4, **env: str) -> local_stack.Worker:
+        worker = local_stack.start_worker(
+            self.env(**env),
+            name=f"{self.name}-{name}@localhost",
+            concurrency=concurrency,
+            logdir=self.logdir,
+            control_app=self.app,
+        )
+        self.workers.append(worker)
+        return worker
+
+    def start_beat(self, **env: str) -> subprocess.Popen[bytes]:
+        beat_dir = self.logdir / f"beat-{len(self.beats)}"
+        beat_dir.mkdir()
+        beat = local_stack.start_beat(self.env(**env), beat_dir)
+        self.beats.append(beat)
+        return beat
+
+    def close(self) -> None:
+        for beat in self.beats:
+            local_stack.stop_process(beat)
+        for worker in self.workers:
+            worker.stop()
+        self.sim.close()
+        self.sim_process.terminate()
+        self.sim_process.wait()
+        self.app.close()
+        with contextlib.suppress(RedisError):
+            keys = list(self.redis.scan_iter(match=f"{self.prefix}*", count=1000))
+            for i in range(0, len(keys), 500):
+                self.redis.delete(*keys[i : i + 500])
+        self.redis.close()
+
+    # --- doors ---
+    def limit_flight(self, flight_id: str, seats: int) -> None:
+        self.sim.set_flight_seats(flight_id, seats)
+        self.capacity[flight_id] = seats
+
+    def book(self, **changes: Any) -> str:
+        """Send one valid request through the Celery door; the id is ours, so a lost message
+        still shows as a lost bundle."""
+        body = request(vip_bundle_id=str(uuid.uuid4()), **changes)
+        self.send_book(body)
+        self.submitted.append(body["vip_bundle_id"])
+        self.bodies[body["vip_bundle_id"]] = body
+        return body["vip_bundle_id"]
+
+    def send_book(self, body: dict[str, Any]) -> AsyncResult:
+        return self.app.send_task("vip_bundle.book", kwargs=body, queue=INTAKE)
+
+    def send(self, task: str, *args: Any, **options: Any) -> AsyncResult:
+        """Send a task by name, routed as our own app routes it (celeryconfig.task_routes)."""
+        return self.app.send_task(task, args=list(args), **options)
+
+    def reconcile(self) -> None:
+        self.send("vip_bundle.reconcile", queue=COMPENSATION)
+
+    # --- observing ---
+    def statuses(self, ids: Iterable[str]) -> dict[str, Status | None]:
+        out: dict[str, Status | None] = {}
+        for bundle_id in ids:
+            try:
+                bundle = self.store.get(bundle_id)
+            except RedisError:  # the broker-restart scenario reads through the outage
+                bundle = None
+            out[bundle_id] = bundle.status if bundle else None
+        return out
+
+    def wait(
+        self,
+        ids: Iterable[str] | None = None,
+        until: frozenset[Status] = FINAL,
+        timeout: float = 180,
+    ) -> dict[str, Status | None]:
+        """Wait until every bundle is in `until` (default: final); return the last statuses.
+
+        Never fails by itself: the invariants then say what is stuck or lost.
+        """
+        pending = set(self.submitted if ids is None else ids)
+        last: dict[str, Status | None] = {}
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            last.update(self.statuses(pending))
+            pending = {i for i in pending if last[i] not in until}
+            if pending:
+                time.sleep(0.25)
+        return last
+
+    def bundle(self, bundle_id: str) -> Bundle:
+        return self.store.require(bundle_id)
+
+    def check(self, allow_parked: bool = False) -> invariants.Report:
+        return invariants.check(
+            self.store, self.sim, self.submitted, self.capacity, allow_parked=allow_parked
+        )
+
+    def faults_left(self) -> int:
+        """Fault rules not yet spent (a held call has taken its rule)."""
+        return len(httpx.get(f"{self.sim_url}/_sim/faults", timeout=10).json()["faults"])
+
+
+def received(worker: local_stack.Worker) -> dict[str, str]:
+    """Task id -> task name for every message the worker received (from its log)."""
+    return {m[2]: m[1] for m in _RECEIVED.finditer(_log(worker))}
+
+
+def received_again(worker: local_stack.Worker) -> int:
+    """Messages this worker received more than once (given back by the broker)."""
+    ids = Counter(m[2] for m in _RECEIVED.finditer(_log(worker)))
+    return sum(1 for n in ids.values() if n > 1)
+
+
+def log_count(worker: local_stack.Worker, needle: str) -> int:
+    return _log(worker).count(needle)
+
+
+def reconciled(worker: local_stack.Worker) -> Counter[str]:
+    """What the reconciler took up in this worker, summed from its log lines."""
+    total: Counter[str] = Counter()
+    for counts in _RECONCILED.findall(_log(worker)):
+        total.update(ast.literal_eval(counts))
+    return total
+
+
+def _log(worker: local_stack.Worker) -> str:
+    return worker.logfile.read_text(errors="replace") if worker.logfile.exists() else ""

@@ -1,0 +1,75 @@
+"""Giving up on a step whose worker died every time it ran (the start count in tasks/steps.py)."""
+
+from __future__ import annotations
+
+import uuid
+
+from process_manager import saga
+from process_manager.bundle import Bundle, Status
+from process_manager.messages import (
+    BookFlight,
+    BookShowTickets,
+    BookVipBundle,
+    CancelFlightTickets,
+    FinalizeVipBundle,
+    Leg,
+    RefundTicket,
+)
+
+
+def new_bundle() -> Bundle:
+    request = BookVipBundle(
+        customer_email="ann@example.com",
+        number_of_tickets=2,
+        show_id=uuid.uuid4(),
+        passengers=["Ann Lee", "Bob Lee"],
+        inbound_flight_id=uuid.uuid4(),
+        return_flight_id=uuid.uuid4(),
+    )
+    fresh = Bundle.from_request(request)
+    return saga.apply_initial(fresh, saga.initialized(fresh))
+
+
+def tickets_booked() -> Bundle:
+    b = new_bundle()
+    return saga.apply(b, saga.booking_made(b, ["t1", "t2"]))
+
+
+def test_a_forward_step_never_finished_rolls_back_in_doubt():
+    b = tickets_booked()
+    event = saga.never_finished(b, BookFlight(vip_bundle_id=b.vip_bundle_id, leg=Leg.INBOUND), 11)
+    after = saga.apply(b, event)
+    assert after.status is Status.ROLLING_BACK
+    assert after.failure is not None and after.failure.in_doubt
+    assert "started 11 times" in after.failure.reason
+    # In doubt: the inbound flight may exist at the airline, so it is cancelled by lookup.
+    assert CancelFlightTickets(vip_bundle_id=b.vip_bundle_id, leg=Leg.INBOUND) in (
+        saga.pending_compensations(after)
+    )
+
+
+def test_a_show_booking_never_finished_fails_the_booking_in_doubt():
+    b = new_bundle()
+    after = saga.apply(b, saga.never_finished(b, BookShowTickets(vip_bundle_id=b.vip_bundle_id), 3))
+    assert after.status is Status.ROLLING_BACK
+    assert after.failure is not None and after.failure.in_doubt
+
+
+def test_an_undo_never_finished_parks_and_finalizing_is_never_given_up():
+    b = tickets_booked()
+    b = saga.apply(b, saga.flight_booking_failed(b, Leg.INBOUND, "no seats"))
+    refund = RefundTicket(vip_bundle_id=b.vip_bundle_id, ticket_id="t1")
+    assert saga.apply(b, saga.never_finished(b, refund, 11)).status is Status.COMPENSATION_FAILED
+    assert saga.never_finished(b, FinalizeVipBundle(vip_bundle_id=b.vip_bundle_id), 11) is None
+
+
+def test_an_undo_gets_a_fresh_start_count_in_each_rollback_round():
+    b = tickets_booked()
+    b = saga.apply(b, saga.flight_booking_failed(b, Leg.INBOUND, "no seats"))
+    refund = RefundTicket(vip_bundle_id=b.vip_bundle_id, ticket_id="t1")
+    first = saga.start_key(b, refund)
+    parked = saga.apply(b, saga.compensation_failed(b, "RefundTicket", "503"))
+    resumed = saga.apply(parked, saga.rollback_resumed(parked))
+    assert saga.start_key(resumed, refund) != first
+    inbound = BookFlight(vip_bundle_id=b.vip_bundle_id, leg=Leg.INBOUND)
+    assert saga.start_key(b, inbound) == "BookFlight:inbound"

@@ -1,0 +1,59 @@
+"""A worker that refuses what is not a task message instead of dying on it.
+
+Anyone who can write to the broker can put anything on a queue. Out of the box, two kinds of
+garbage stop a Celery 5 worker on the Redis broker for good ("Unrecoverable error"):
+- an entry that is not a kombu envelope (raw bytes pushed on the list): kombu decodes it in the
+  worker's event loop and the exception ends the loop;
+- an envelope whose task body is not `[args, kwargs, embed]` (e.g. a JSON object): Celery builds
+  the request in the consumer and the `ValueError` ends the worker. The message is unacked, so
+  with `task_acks_late` it comes back and stops the next worker too.
+Pickled bodies, undecodable bodies and unknown task names are already refused by Celery.
+
+`Transport` drops and logs entries that are not envelopes; `Consumer` refuses (logs, rejects
+without requeue) task messages it cannot build a request from. Both are enabled in
+celeryconfig with `broker_transport` (Redis only) and `worker_consumer`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.exceptions import InvalidTaskError
+from celery.worker.consumer import Consumer as CeleryConsumer
+from kombu.transport import redis
+
+log = logging.getLogger(__name__)
+# What building a request from a malformed message raises: never a connection error.
+MALFORMED = (ValueError, TypeError, KeyError, AttributeError, IndexError)
+
+
+class Channel(redis.Channel):
+    def _brpop_read(self, **options: Any) -> bool:
+        try:
+            return bool(super()._brpop_read(**options))
+        except (ValueError, TypeError, KeyError) as exc:  # json / envelope errors, not I/O
+            log.error("refused an entry on a vip-bundles queue: not a message (%r)", exc)
+            return True
+
+
+class Transport(redis.Transport):
+    Channel = Channel
+
+
+class Consumer(CeleryConsumer):
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
+        handle = super().create_task_handler(*args, **kwargs)
+
+        def on_task_received(message: Any) -> Any:
+            try:
+                return handle(message)
+            except MALFORMED as exc:
+                refusal = InvalidTaskError(f"malformed task message: {exc!r}")
+                try:
+                    self.on_invalid_task(None, message, refusal)  # logs, rejects, no requeue
+                except MALFORMED:
+                    log.error("refused a malformed task message: %r", exc)
+                    message.reject_log_error(log, self.connection_errors)
+
+        return on_task_received
