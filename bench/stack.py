@@ -1,0 +1,150 @@
+"""What one benchmark run stands on: Redis, the simulator subprocess, one worker, a key prefix.
+
+Everything here is started by the run and stopped by it; the run's keys are deleted at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from partner_simulator.server import start_subprocess
+from vip_bundles import local_stack
+
+BASELINE_MODULE = "bench.baseline_tasks"
+
+
+@dataclass
+class Stack:
+    prefix: str
+    redis_url: str
+    redis_how: str
+    sim_url: str
+    sim_pid: int
+    worker_pid: int
+    worker_log: Path
+    settings: dict[str, object] = field(default_factory=dict)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url)
+
+
+@contextlib.contextmanager
+def running(pool: str, concurrency: int, private_redis: bool) -> Iterator[Stack]:
+    """Start Redis (if need be), the simulator and one worker; stop them and delete the keys."""
+    prefix = f"vip-bundles-bench-{uuid.uuid4().hex[:8]}:"
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    found = local_stack.start_redis_server() if private_redis else local_stack.ensure_redis(url)
+    sim_proc: subprocess.Popen[bytes] | None = None
+    worker: local_stack.Worker | None = None
+    logdir: Path | None = Path(tempfile.mkdtemp(prefix="vip-bundles-bench-"))
+    try:
+        sim_proc, sim_url = start_subprocess()
+        # Settings are read once per process: set them before anything imports `tasks`.
+        env = {"REDIS_URL": found.url, "KEY_PREFIX": prefix, "GATEWAY_URL": sim_url}
+        os.environ.update(env)
+        for name in ("BROKER_URL", "RESULT_BACKEND"):  # broker and backend on this Redis
+            os.environ.pop(name, None)
+        # The one change to a production worker: it also loads the baseline's two tasks.
+        # Celery's CLI reads CELERY_WORKER_INCLUDE as `worker --include`, so local_stack,
+        # celeryconfig and the task list stay as they are.
+        worker_env = local_stack.celery_env(**env, CELERY_WORKER_INCLUDE=BASELINE_MODULE)
+        worker = local_stack.start_worker(
+            worker_env,
+            name=f"bench-{prefix[-9:-1]}@localhost",
+            concurrency=concurrency,
+            pool=pool,
+            logdir=logdir,
+        )
+        yield Stack(
+            prefix=prefix,
+            redis_url=found.url,
+            redis_how=found.how,
+            sim_url=sim_url,
+            sim_pid=sim_proc.pid,
+            worker_pid=worker.process.pid,
+            worker_log=worker.logfile,
+            settings=worker_settings(pool, concurrency),
+        )
+    except BaseException:
+        print(f"worker log kept in {logdir}", file=sys.stderr)
+        logdir = None  # kept: it says what went wrong
+        raise
+    finally:
+        if worker is not None:
+            worker.stop()
+        if sim_proc is not None:
+            local_stack.stop_process(sim_proc)
+        with contextlib.suppress(redis.RedisError):
+            delete_prefix(redis.Redis.from_url(found.url), prefix)
+        found.stop()
+        if logdir is not None:
+            shutil.rmtree(logdir, ignore_errors=True)
+
+
+def worker_settings(pool: str, concurrency: int) -> dict[str, object]:
+    from tasks.celery_app import app
+
+    c = app.conf
+    return {
+        "pool": pool,
+        "concurrency": concurrency,
+        "prefetch_multiplier": c.worker_prefetch_multiplier,
+        "acks_late": c.task_acks_late,
+        "task_events": c.worker_send_task_events,
+        "sent_events": c.task_send_sent_event,
+        "track_started": c.task_track_started,
+        "result_extended": c.result_extended,
+        "loglevel": "INFO",
+    }
+
+
+def delete_prefix(r: redis.Redis, prefix: str) -> int:
+    """Delete every key of the run (UNLINK in batches; 100k keys take well under a second)."""
+    deleted, batch = 0, []
+    for key in r.scan_iter(match=f"{prefix}*", count=5000):
+        batch.append(key)
+        if len(batch) >= 5000:
+            deleted += r.unlink(*batch)
+            batch.clear()
+    if batch:
+        deleted += r.unlink(*batch)
+    return deleted
+
+
+# --- CPU of the processes we started -------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+    return out
+
+
+def cpu_seconds(pid: int, children: bool = True) -> float:
+    """User + system CPU of a process and its live descendants (a worker and its pool)."""
+    total = 0
+    for p in _descendants(pid) if children else [pid]:
+        with contextlib.suppress(OSError), open(f"/proc/{p}/stat") as f:
+            # Fields after the parenthesised command name; utime and stime are 14 and 15.
+            fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / _TICK

@@ -1,0 +1,57 @@
+"""The benchmark still runs end to end (`python -m bench --quick`), so it cannot rot.
+
+No timing is asserted: only that every section ran, finished its flows and was reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vip_bundles import local_stack
+
+SECTIONS = {
+    "baseline",
+    "success",
+    "rollback",
+    "baseline_light",
+    "success_light",
+    "rollback_light",
+    "baseline_large",
+    "success_large",
+}
+
+
+@pytest.mark.timeout(600)
+def test_quick_benchmark_reports_every_section(tmp_path: Path):
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    if not local_stack.redis_answers(url):
+        pytest.skip(f"no Redis at {url}")
+    out = tmp_path / "bench.json"
+    # Its own process: the benchmark picks its own key prefix and starts its own worker.
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--json", str(out)],
+        cwd=local_stack.ROOT,
+        env=local_stack.celery_env(REDIS_URL=url),
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert set(figures["sections"]) == SECTIONS
+    for name, rounds in figures["sections"].items():
+        assert rounds, name
+        for section in rounds:
+            assert section["flows"] > 0 and section["throughput_per_s"] > 0, name
+            assert section["errors"] == [], name
+            assert section["commands_per_flow"] > 0, name
+    assert figures["sections"]["success"][0]["bytes_per_flow"]["total"] > 0
+    assert set(figures["ratios"]["targets"]) and "scale_large_over_small" in figures["ratios"]
+    for heading in ("baseline chain", "saga success", "saga rollback", "PASS|MISS"):
+        assert any(h in done.stdout for h in heading.split("|")), heading
