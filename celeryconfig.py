@@ -25,7 +25,6 @@ worker_prefetch_multiplier = 1
 task_time_limit = _s.task_time_limit_s
 task_soft_time_limit = _s.task_time_limit_s - 10
 result_expires = _s.result_expires_s
-result_extended = True  # task name and args stored with the result (Flower, debugging)
 
 _redis_options = {
     "visibility_timeout": _s.visibility_timeout_s,
@@ -67,10 +66,10 @@ task_routes = {
     },
 }
 
-# Flower and `celery events` see every task, including when it was sent.
+# Flower and `celery events` see every task (name, args, start, end) through these events;
+# nothing is written to the result backend for it (no track_started, no result_extended).
 worker_send_task_events = True
 task_send_sent_event = True
-task_track_started = True
 
 # The reconciler (see tasks/reconcile.py) runs under `celery -A tasks beat`.
 beat_schedule = {

@@ -86,7 +86,10 @@ def remaining_steps(bundle: Bundle) -> list[Command]:
     if bundle.status not in states:
         return []
     start = states.index(bundle.status)
-    return [make(bundle.vip_bundle_id) for _, make in FORWARD[start:]]
+    steps = [make(bundle.vip_bundle_id) for _, make in FORWARD[start:]]
+    # The return-flight step finalizes in the same task (finalizing calls no partner), so
+    # finalizing is a step of its own only for a bundle found `return_booked`.
+    return steps if len(steps) == 1 else steps[:-1]
 
 
 def pending_compensations(bundle: Bundle) -> list[Command]:

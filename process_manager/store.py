@@ -168,17 +168,14 @@ class BundleStore:
         )
 
     # --- housekeeping ---
-    def count_start(self, bundle_id: str, step: str, ttl_s: int = 7 * 24 * 3600) -> int:
+    def count_start(self, bundle_id: str, step: str) -> int:
         """Count one more start of a bundle's step; the total, redeliveries included.
 
         Celery has no cap on redeliveries and Redis no "redelivered" flag: a step whose worker
-        dies every time it runs would be started forever without this count.
+        dies every time it runs would be started forever without this count. It is a field of
+        the bundle's own hash: one command, no key of its own, gone with the bundle.
         """
-        key = f"{self.prefix}starts:{bundle_id}:{step}"
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.incr(key)
-        pipe.expire(key, ttl_s)
-        return int(pipe.execute()[0])
+        return int(self.redis.hincrby(self._bundle_key(bundle_id), f"starts:{step}", 1))
 
     def first_time(self, message_id: str, ttl_s: int = 7 * 24 * 3600) -> bool:
         """True the first time a message id is seen (duplicate-delivery guard)."""

@@ -1,7 +1,7 @@
 """Celery tasks of vip-bundles. `celery -A tasks worker` / `celery -A tasks beat`.
 
 Start reading at `tasks/saga.py`: it builds the canvas (the forward chain, the compensation
-chord) and holds the error callback and the process manager task.
+group) and holds the error callback and the process manager task.
 """
 
 from tasks import compensation, flights, intake, reconcile, saga, shows  # noqa: F401  (register)

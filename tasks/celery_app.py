@@ -6,6 +6,7 @@ import time, so importing the tasks needs no Redis and no network.
 
 from __future__ import annotations
 
+import logging
 from functools import cache
 
 from celery import Celery
@@ -15,6 +16,9 @@ from redis import Redis
 from process_manager.store import BundleStore
 from vip_bundles.partners import Partners
 from vip_bundles.settings import get_settings
+
+# One INFO line per partner request is noise at this rate; failures are logged by the steps.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 app = Celery("vip_bundles")
 app.config_from_object("celeryconfig")

@@ -3,7 +3,7 @@
 Each is idempotent twice over: the stored state says whether it is still due, and every
 partner call carries a key derived from the bundle and the ticket. An undo that still fails
 after its retries parks the bundle in `compensation_failed` (the reconciler takes it up again)
-and re-raises, so the failure is visible in Flower and the chord's completion does not run.
+and re-raises, so the failure is visible in Flower. The last undo to finish fails the bundle.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import TypeVar
 from process_manager import saga
 from process_manager.messages import CancelFlightTickets, Command, Leg, RefundTicket
 from tasks.celery_app import app, compensation_partners, store
-from tasks.steps import due, log, record
+from tasks.steps import due, finish_rollback, log, record
 from vip_bundles.partners import PartnerError
 
 T = TypeVar("T")
@@ -31,7 +31,7 @@ def _or_park(command: Command, call: Callable[[], T]) -> T:
         raise
 
 
-@app.task(name="vip_bundle.compensation.refund_ticket")
+@app.task(name="vip_bundle.compensation.refund_ticket", ignore_result=True)
 def refund_ticket(vip_bundle_id: str, ticket_id: str) -> str:
     """Refund the ticket's payment, void its receipt, then emit `TicketRefunded_v1`."""
     command = RefundTicket(vip_bundle_id=vip_bundle_id, ticket_id=ticket_id)
@@ -54,11 +54,11 @@ def refund_ticket(vip_bundle_id: str, ticket_id: str) -> str:
         )
 
     _or_park(command, undo)
-    record(command, lambda b: saga.ticket_refunded(b, ticket_id), bundle)
+    finish_rollback(record(command, lambda b: saga.ticket_refunded(b, ticket_id), bundle).bundle)
     return "refunded"
 
 
-@app.task(name="vip_bundle.compensation.cancel_flight_tickets")
+@app.task(name="vip_bundle.compensation.cancel_flight_tickets", ignore_result=True)
 def cancel_flight_tickets(vip_bundle_id: str, leg: str) -> str:
     """Cancel every ticket of one leg (looked up by reference when the booking is in doubt)."""
     command = CancelFlightTickets(vip_bundle_id=vip_bundle_id, leg=Leg(leg))
@@ -78,5 +78,8 @@ def cancel_flight_tickets(vip_bundle_id: str, leg: str) -> str:
         return ticket_ids
 
     ticket_ids = _or_park(command, undo)
-    record(command, lambda b: saga.flight_tickets_cancelled(b, command.leg, ticket_ids), bundle)
+    applied = record(
+        command, lambda b: saga.flight_tickets_cancelled(b, command.leg, ticket_ids), bundle
+    )
+    finish_rollback(applied.bundle)
     return "cancelled"

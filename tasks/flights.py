@@ -5,7 +5,7 @@ from __future__ import annotations
 from process_manager import saga
 from process_manager.messages import BookFlight, Leg
 from tasks.celery_app import app, partners
-from tasks.steps import due, record
+from tasks.steps import due, finalize, record
 from vip_bundles.partners import BusinessRefusal
 
 
@@ -23,4 +23,6 @@ def book_flight(vip_bundle_id: str, leg: str) -> None:
         idempotency_key=bundle.key(f"flight-{leg}"),
         correlation_id=bundle.correlation_id,
     )
-    record(command, lambda b: saga.flight_booked(b, command.leg, ticket_ids), bundle)
+    applied = record(command, lambda b: saga.flight_booked(b, command.leg, ticket_ids), bundle)
+    if applied.event is not None and command.leg is Leg.RETURN:
+        finalize(applied.bundle)

@@ -1,11 +1,13 @@
 """The saga's canvas: start here.
 
-Forward:   book_show_tickets -> book_flight(inbound) -> book_flight(return) -> finalize
+Forward:   book_show_tickets -> book_flight(inbound) -> book_flight(return, then finalize)
            one flat chain, `on_step_failed` linked as error callback on every task of it.
 Failure:   on_step_failed records BookingFailed_v1 / FlightBookingFailed_v1 (bundle ->
            rolling_back, event on the stream) and hands the event to the process manager.
-Rollback:  handle_event reads the bundle from Redis and runs a chord:
-           [cancel return flight, cancel inbound flight, refund each ticket] -> complete_rollback
+Rollback:  handle_event reads the bundle from Redis and sends a group, newest first:
+           [cancel return flight, cancel inbound flight, refund each ticket]; the undo that
+           leaves nothing pending marks the bundle failed (from the stored state, not a chord
+           counter, so a lost or repeated undo cannot leave it hanging).
 The reconciler (tasks/reconcile.py) restarts any of these from the stored state when a
 message or callback was lost, so no bundle depends on a callback alone.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import chain, chord, group
+from celery import chain, group
 from celery.canvas import Signature
 
 from process_manager import saga
@@ -36,7 +38,7 @@ from tasks.celery_app import app, store
 from tasks.compensation import cancel_flight_tickets, refund_ticket
 from tasks.flights import book_flight
 from tasks.shows import book_show_tickets
-from tasks.steps import due, log, record
+from tasks.steps import due, finalize, finish_rollback, log
 from vip_bundles.partners import NoFlightTicketsAvailable, ShowSoldOut
 from vip_bundles.settings import get_settings
 
@@ -51,7 +53,7 @@ def signature(command: Command) -> Signature:
         case BookFlight(leg=leg):
             return book_flight.si(bid, leg.value)
         case FinalizeVipBundle():
-            return finalize.si(bid)
+            return finalize_bundle.si(bid)
         case RefundTicket(ticket_id=ticket_id):
             return refund_ticket.si(bid, ticket_id)
         case CancelFlightTickets(leg=leg):
@@ -85,11 +87,14 @@ def run_forward(bundle: Bundle) -> None:
 
 
 @app.task(name="vip_bundle.finalize", ignore_result=True)
-def finalize(vip_bundle_id: str) -> None:
-    """Both flights are booked: the bundle is done (`VipBundleFinalized_v1`)."""
-    command = FinalizeVipBundle(vip_bundle_id=vip_bundle_id)
-    if (bundle := due(command)) is not None:
-        record(command, saga.finalized, bundle)
+def finalize_bundle(vip_bundle_id: str) -> None:
+    """Both flights are booked: the bundle is done (`VipBundleFinalized_v1`).
+
+    The return-flight step finalizes by itself; this task is for a bundle the reconciler
+    finds `return_booked`.
+    """
+    if (bundle := due(FinalizeVipBundle(vip_bundle_id=vip_bundle_id))) is not None:
+        finalize(bundle)
 
 
 @app.task(name="vip_bundle.on_step_failed", ignore_result=True)
@@ -140,23 +145,15 @@ def handle_event(message: dict[str, Any]) -> None:
 
 
 def run_rollback(bundle: Bundle) -> None:
-    """Undo, newest first, all in parallel, then `complete_rollback` once all have succeeded."""
+    """Undo, newest first, all in parallel; with nothing (left) to undo, fail the bundle now."""
     undo = [signature(c) for c in saga.pending_compensations(bundle)]
-    done = complete_rollback.si(bundle.vip_bundle_id)
     if undo:
-        chord(group(undo), done).apply_async()
+        group(undo).apply_async()
     else:
-        done.apply_async()
+        finish_rollback(bundle)
 
 
 @app.task(name="vip_bundle.compensation.complete_rollback", ignore_result=True)
 def complete_rollback(vip_bundle_id: str) -> None:
-    """All undos recorded: the bundle is `failed` (`VipBundleFailed_v1`)."""
-    applied = store().apply(vip_bundle_id, saga.failed)
-    if applied.event is None:
-        log.info(
-            "complete_rollback: bundle %s stays %s (pending: %s)",
-            vip_bundle_id,
-            applied.bundle.status,
-            saga.pending_compensations(applied.bundle),
-        )
+    """Fail a rolling-back bundle whose undos are all recorded (operators, the reconciler)."""
+    finish_rollback(store().require(vip_bundle_id))

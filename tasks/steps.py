@@ -11,8 +11,14 @@ from collections.abc import Callable
 from celery.utils.log import get_task_logger
 
 from process_manager import saga
-from process_manager.bundle import Bundle
-from process_manager.messages import BookingFailed_v1, Command, Event, FlightBookingFailed_v1
+from process_manager.bundle import Bundle, Status
+from process_manager.messages import (
+    BookingFailed_v1,
+    Command,
+    Event,
+    FinalizeVipBundle,
+    FlightBookingFailed_v1,
+)
 from process_manager.store import Applied
 from tasks.celery_app import store
 from vip_bundles.settings import get_settings
@@ -75,3 +81,23 @@ def record(command: Command, outcome: Callable[[Bundle], Event], read: Bundle) -
             applied.bundle.status,
         )
     return applied
+
+
+def finalize(bundle: Bundle) -> None:
+    """`return_booked` -> `finalized`. Run by the return-flight step itself (one Celery hop less
+    per bundle), and by the `vip_bundle.finalize` task for a bundle found `return_booked`."""
+    command = FinalizeVipBundle(vip_bundle_id=bundle.vip_bundle_id)
+    if saga.is_pending(bundle, command):
+        record(command, saga.finalized, bundle)
+
+
+def finish_rollback(bundle: Bundle) -> None:
+    """`rolling_back` with nothing left to undo -> `failed`.
+
+    Every undo calls it after recording itself, so the last one to finish fails the bundle;
+    racing undos are settled by the version check (only one `VipBundleFailed_v1`).
+    """
+    if bundle.status is Status.ROLLING_BACK and not saga.pending_compensations(bundle):
+        applied = store().apply(bundle.vip_bundle_id, saga.failed, current=bundle)
+        if applied.event is not None:
+            log.info("bundle %s rolled back: failed", bundle.vip_bundle_id)

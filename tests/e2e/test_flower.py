@@ -15,12 +15,7 @@ from tests.helpers import Saga, request
 from vip_bundles import local_stack
 
 AUTH = ("ops", "s3cret")
-SAGA_TASKS = [
-    "vip_bundle.book",
-    "vip_bundle.book_show_tickets",
-    "vip_bundle.book_flight",
-    "vip_bundle.finalize",
-]
+SAGA_TASKS = ["vip_bundle.book", "vip_bundle.book_show_tickets", "vip_bundle.book_flight"]
 
 
 @pytest.fixture(scope="module")

@@ -79,7 +79,9 @@ def test_return_sold_out_cancels_the_inbound_flight_and_refunds(saga: Saga):
     assert events[:4] == [*FORWARD_EVENTS, "FlightBookingFailed_v1"]
     # The undo steps run in parallel: any order, each once, then the bundle fails.
     assert sorted(events[4:-1]) == [
-        "FlightTicketsCancelled_v1", "TicketRefunded_v1", "TicketRefunded_v1"
+        "FlightTicketsCancelled_v1",
+        "TicketRefunded_v1",
+        "TicketRefunded_v1",
     ]
     assert events[-1] == "VipBundleFailed_v1"
 
