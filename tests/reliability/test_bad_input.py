@@ -263,11 +263,13 @@ def garbage_then_a_valid_bundle(
     return stack, logged, status
 
 
-def check_garbage(stack: Stack, record: Callable[..., None], key: str, logged, status) -> None:
+def check_garbage(
+    stack: Stack, record: Callable[..., None], key: str, title: str, logged, status
+) -> None:
     report = stack.check()
     record(
         key,
-        "Bad input: garbage on the queue",
+        f"Bad input: {title}",
         report,
         faults=[f"{len(logged)} entries on the vip-bundles queue: " + "; ".join(logged)],
         bundles=1,
@@ -284,14 +286,18 @@ def test_garbage_celery_refuses_leaves_the_worker_running(make_stack, record):
     stack, logged, status = garbage_then_a_valid_bundle(
         make_stack, "garbage-celery", REFUSED_BY_CELERY
     )
-    check_garbage(stack, record, "7-garbage-celery", logged, status)
+    check_garbage(
+        stack, record, "7-garbage-celery", "garbage Celery refuses by itself", logged, status
+    )
 
 
 def test_garbage_that_stops_a_stock_worker_is_refused_too(make_stack, record):
     stack, logged, status = garbage_then_a_valid_bundle(
         make_stack, "garbage-hardened", STOPS_A_STOCK_WORKER
     )
-    check_garbage(stack, record, "7-garbage-hardened", logged, status)
+    check_garbage(
+        stack, record, "7-garbage-hardened", "garbage that stops a stock worker", logged, status
+    )
 
 
 # --- the HTTP door --------------------------------------------------------------------------------
