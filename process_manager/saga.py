@@ -201,21 +201,30 @@ def flight_booking_failed(bundle: Bundle, leg: Leg, reason: str, in_doubt: bool 
 
 
 def step_failed(bundle: Bundle, step: Command, reason: str, max_attempts: int) -> Event:
-    """A forward step failed for a technical reason: note it, or give up and roll back.
-
-    The step may have reached the partner, so a given-up flight is undone by lookup.
-    """
+    """A forward step failed for a technical reason: note it, or give up and roll back."""
     attempt = bundle.step_failures + 1
-    name = type(step).__name__
     if attempt >= max_attempts:
-        reason = f"gave up after {attempt} attempts: {reason}"
-        match step:
-            case BookShowTickets():
-                return booking_failed(bundle, reason, in_doubt=True)
-            case BookFlight(leg=leg):
-                return flight_booking_failed(bundle, leg, reason, in_doubt=True)
+        given_up = _give_up(bundle, step, f"gave up after {attempt} attempts: {reason}")
+        if given_up is not None:
+            return given_up
         # Finalizing touches no partner: keep noting it, the reconciler keeps trying.
-    return _new(bundle, StepFailed, f"step-failed-{attempt}", step=name, reason=reason)
+    return _new(
+        bundle, StepFailed, f"step-failed-{attempt}", step=type(step).__name__, reason=reason
+    )
+
+
+def _give_up(bundle: Bundle, step: Command, reason: str) -> Event | None:
+    """The failure event that ends a forward step for good, or None for finalizing.
+
+    The step may have reached the partner without an answer: it is in doubt, so a given-up
+    flight is undone by looking its tickets up.
+    """
+    match step:
+        case BookShowTickets():
+            return booking_failed(bundle, reason, in_doubt=True)
+        case BookFlight(leg=leg):
+            return flight_booking_failed(bundle, leg, reason, in_doubt=True)
+    return None
 
 
 def start_key(bundle: Bundle, command: Command) -> str:
@@ -234,14 +243,9 @@ def never_finished(bundle: Bundle, command: Command, starts: int) -> Event | Non
     parks the bundle for the reconciler's later rounds. Finalizing calls no partner: None.
     """
     reason = f"started {starts} times and never finished (worker lost each time?)"
-    match command:
-        case BookShowTickets():
-            return booking_failed(bundle, reason, in_doubt=True)
-        case BookFlight(leg=leg):
-            return flight_booking_failed(bundle, leg, reason, in_doubt=True)
-        case RefundTicket() | CancelFlightTickets():
-            return compensation_failed(bundle, type(command).__name__, reason)
-    return None
+    if isinstance(command, RefundTicket | CancelFlightTickets):
+        return compensation_failed(bundle, type(command).__name__, reason)
+    return _give_up(bundle, command, reason)
 
 
 def ticket_refunded(bundle: Bundle, ticket_id: str) -> Event:
