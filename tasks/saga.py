@@ -38,7 +38,7 @@ from tasks.celery_app import app, store
 from tasks.compensation import cancel_flight_tickets, refund_ticket
 from tasks.flights import book_flight
 from tasks.shows import book_show_tickets
-from tasks.steps import due, finalize, finish_rollback, log
+from tasks.steps import due, finalize, finish_rollback, log, start_rollback
 from vip_bundles.partners import NoFlightTicketsAvailable, ShowSoldOut
 from vip_bundles.settings import get_settings
 
@@ -119,8 +119,7 @@ def on_step_failed(request: Any, exc: BaseException, traceback: Any, vip_bundle_
     applied = store().apply(
         vip_bundle_id, lambda b: decide(b) if saga.is_pending(b, command) else None
     )
-    if isinstance(applied.event, BookingFailed_v1 | FlightBookingFailed_v1):
-        handle_event.delay(applied.event.to_message())
+    start_rollback(applied)
 
 
 # --- rollback: the process manager ----------------------------------------------------------------

@@ -56,6 +56,11 @@ def _give_up(command: Command, starts: int) -> None:
     )
     name, bundle_id = type(command).__name__, command.vip_bundle_id
     log.error("%s for %s: gave up after %d starts", name, bundle_id, starts)
+    start_rollback(applied)
+
+
+def start_rollback(applied: Applied) -> None:
+    """Hand a recorded failure event (the bundle is now rolling back) to the process manager."""
     if isinstance(applied.event, BookingFailed_v1 | FlightBookingFailed_v1):
         from tasks.saga import handle_event  # tasks.saga imports this module
 

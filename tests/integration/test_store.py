@@ -12,8 +12,9 @@ from redis import Redis
 
 from process_manager import saga
 from process_manager.bundle import Bundle, Status
-from process_manager.messages import BookVipBundle, Leg
+from process_manager.messages import Leg
 from process_manager.store import BundleStore
+from tests.factories import fresh_bundle
 
 
 @pytest.fixture
@@ -25,22 +26,8 @@ def store(redis_url: str) -> Iterator[BundleStore]:
         client.delete(key)
 
 
-def new_bundle(bundle_id: str | None = None) -> Bundle:
-    return Bundle.from_request(
-        BookVipBundle(
-            vip_bundle_id=bundle_id or uuid.uuid4(),
-            customer_email="ann@example.com",
-            number_of_tickets=2,
-            show_id=uuid.uuid4(),
-            passengers=["Ann", "Bob"],
-            inbound_flight_id=uuid.uuid4(),
-            return_flight_id=uuid.uuid4(),
-        )
-    )
-
-
 def created(store: BundleStore) -> Bundle:
-    fresh = new_bundle()
+    fresh = fresh_bundle()
     bundle, is_new = store.create(fresh, saga.initialized(fresh))
     assert is_new
     return bundle

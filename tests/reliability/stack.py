@@ -130,6 +130,18 @@ class Stack:
         self.bodies[body["vip_bundle_id"]] = body
         return body["vip_bundle_id"]
 
+    def book_mix(self, bundles: int) -> set[str]:
+        """Book `bundles`, every third with a sold-out return flight; returns those ids."""
+        sold_out = set()
+        for i in range(bundles):
+            if i % 3 == 0:
+                flight_id = str(uuid.uuid4())
+                self.limit_flight(flight_id, 0)
+                sold_out.add(self.book(return_flight_id=flight_id))
+            else:
+                self.book()
+        return sold_out
+
     def send_book(self, body: dict[str, Any]) -> AsyncResult:
         return self.app.send_task("vip_bundle.book", kwargs=body, queue=INTAKE)
 

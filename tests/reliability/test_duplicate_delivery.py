@@ -103,14 +103,7 @@ def test_each_message_twice_changes_nothing(make_stack, record):
     st.start_worker("a", concurrency=4)
     st.start_worker("b", concurrency=2)
     st.sim.set_latency(LATENCY_MS)
-    sold_out = set()
-    for i in range(BUNDLES):
-        if i % 3 == 0:
-            flight_id = str(uuid.uuid4())
-            st.limit_flight(flight_id, 0)
-            sold_out.add(st.book(return_flight_id=flight_id))
-        else:
-            st.book()
+    sold_out = st.book_mix(BUNDLES)
     dup = Duplicator(st)
 
     # While they run: each message due in each state they are seen in, twice more.

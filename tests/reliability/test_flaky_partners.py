@@ -8,8 +8,6 @@ production. Every bundle must settle as its flights allow, with no effect double
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from process_manager.bundle import Status
@@ -47,14 +45,7 @@ def test_flaky_partners_every_bundle_settles_cleanly(make_stack, record):
     st.start_worker("b", concurrency=6)
     st.start_beat(RECONCILE_EVERY_S="5")
     faults = inject(st)
-    sold_out = set()
-    for i in range(BUNDLES):
-        if i % 3 == 0:
-            flight_id = str(uuid.uuid4())
-            st.limit_flight(flight_id, 0)
-            sold_out.add(st.book(return_flight_id=flight_id))
-        else:
-            st.book()
+    sold_out = st.book_mix(BUNDLES)
 
     statuses = st.wait(timeout=420)
     st.sim.clear_faults()

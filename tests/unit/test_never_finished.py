@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import uuid
-
 from process_manager import saga
 from process_manager.bundle import Bundle, Status
 from process_manager.messages import (
     BookFlight,
     BookShowTickets,
-    BookVipBundle,
     CancelFlightTickets,
     FinalizeVipBundle,
     Leg,
     RefundTicket,
 )
-
-
-def new_bundle() -> Bundle:
-    request = BookVipBundle(
-        customer_email="ann@example.com",
-        number_of_tickets=2,
-        show_id=uuid.uuid4(),
-        passengers=["Ann Lee", "Bob Lee"],
-        inbound_flight_id=uuid.uuid4(),
-        return_flight_id=uuid.uuid4(),
-    )
-    fresh = Bundle.from_request(request)
-    return saga.apply_initial(fresh, saga.initialized(fresh))
+from tests.factories import new_bundle
 
 
 def tickets_booked() -> Bundle:

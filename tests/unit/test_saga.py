@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from process_manager import saga
@@ -11,25 +9,12 @@ from process_manager.bundle import Bundle, Status
 from process_manager.messages import (
     BookFlight,
     BookShowTickets,
-    BookVipBundle,
     CancelFlightTickets,
     FinalizeVipBundle,
     Leg,
     RefundTicket,
 )
-
-
-def new_bundle(tickets: int = 2) -> Bundle:
-    request = BookVipBundle(
-        customer_email="ann@example.com",
-        number_of_tickets=tickets,
-        show_id=uuid.uuid4(),
-        passengers=["Ann Lee", "Bob Lee"][:tickets],
-        inbound_flight_id=uuid.uuid4(),
-        return_flight_id=uuid.uuid4(),
-    )
-    fresh = Bundle.from_request(request)
-    return saga.apply_initial(fresh, saga.initialized(fresh))
+from tests.factories import new_bundle
 
 
 def booked_until(status: Status) -> Bundle:
