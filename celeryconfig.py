@@ -1,11 +1,11 @@
 """Celery configuration for vip-bundles (`celery -A tasks ...` loads it).
 
-Values come from the environment through `vip_bundles.settings`; see the README for the list.
+Values come from the environment through `adapters.settings`; see the README for the list.
 """
 
 from kombu import Exchange, Queue
 
-from vip_bundles.settings import get_settings
+from adapters.settings import get_settings
 
 _s = get_settings()
 
@@ -38,11 +38,11 @@ if broker_url.startswith(("redis://", "rediss://")):
         "unacked_restore_throttle": 1,
     }
     # Drops (and logs) list entries that are not messages instead of dying on them.
-    broker_transport = "vip_bundles.broker:Transport"
+    broker_transport = "adapters.broker:Transport"
 if result_backend.startswith(("redis://", "rediss://")):
     result_backend_transport_options = _redis_options
 # Refuses task messages it cannot build a request from, instead of stopping the worker.
-worker_consumer = "vip_bundles.broker:Consumer"
+worker_consumer = "adapters.broker:Consumer"
 broker_connection_retry_on_startup = True
 
 # Queues: intake (the public door), the forward booking steps, and compensations, so that

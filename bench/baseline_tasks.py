@@ -12,8 +12,8 @@ import time
 from celery import chain
 from celery.canvas import Signature
 
+from adapters.settings import get_settings
 from tasks.celery_app import app, partners, redis_client
-from vip_bundles.settings import get_settings
 
 STEPS = 4  # as many tasks as a successful bundle's chain: show, inbound, return, finalize
 

@@ -12,10 +12,10 @@ import uuid
 
 import redis
 
+from adapters.store import BundleStore
 from process_manager import saga
 from process_manager.bundle import Bundle, Status, booking_id_for
 from process_manager.messages import Leg, parse_request
-from process_manager.store import BundleStore
 
 BATCH = 2000
 

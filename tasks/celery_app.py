@@ -13,9 +13,9 @@ from celery import Celery
 from celery.signals import worker_process_init
 from redis import Redis
 
-from process_manager.store import BundleStore
-from vip_bundles.partners import Partners
-from vip_bundles.settings import get_settings
+from adapters.partners import Partners
+from adapters.settings import get_settings
+from adapters.store import BundleStore
 
 # One INFO line per partner request is noise at this rate; failures are logged by the steps.
 logging.getLogger("httpx").setLevel(logging.WARNING)

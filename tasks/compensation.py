@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+from adapters.partners import PartnerError
 from process_manager import saga
 from process_manager.messages import CancelFlightTickets, Command, Leg, RefundTicket
 from tasks.celery_app import app, compensation_partners, store
 from tasks.steps import due, finish_rollback, log, record
-from vip_bundles.partners import PartnerError
 
 T = TypeVar("T")
 REASON = "VIP bundle rolled back"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from adapters.partners import BusinessRefusal
 from process_manager import saga
 from process_manager.messages import BookFlight, Leg
 from tasks.celery_app import app, partners
 from tasks.steps import due, finalize, record
-from vip_bundles.partners import BusinessRefusal
 
 
 @app.task(name="vip_bundle.book_flight", ignore_result=True, throws=(BusinessRefusal,))

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import time
 
+from adapters.settings import get_settings
 from process_manager import saga
 from process_manager.bundle import Bundle, Status
 from tasks.celery_app import app, store
 from tasks.saga import run_forward, run_rollback
 from tasks.steps import log
-from vip_bundles.settings import get_settings
 
 FORWARD = (Status.INITIALIZED, Status.BOOKING_MADE, Status.INBOUND_BOOKED, Status.RETURN_BOOKED)
 

@@ -19,6 +19,8 @@ from typing import Any
 from celery import chain, group
 from celery.canvas import Signature
 
+from adapters.partners import NoFlightTicketsAvailable, ShowSoldOut
+from adapters.settings import get_settings
 from process_manager import saga
 from process_manager.bundle import ROLLBACK, Bundle
 from process_manager.messages import (
@@ -39,8 +41,6 @@ from tasks.compensation import cancel_flight_tickets, refund_ticket
 from tasks.flights import book_flight
 from tasks.shows import book_show_tickets
 from tasks.steps import due, finalize, finish_rollback, log, start_rollback
-from vip_bundles.partners import NoFlightTicketsAvailable, ShowSoldOut
-from vip_bundles.settings import get_settings
 
 # --- commands <-> Celery signatures -------------------------------------------------------------
 

@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 from celery.utils.log import get_task_logger
 
+from adapters.settings import get_settings
+from adapters.store import Applied
 from process_manager import saga
 from process_manager.bundle import Bundle, Status
 from process_manager.messages import (
@@ -19,11 +21,10 @@ from process_manager.messages import (
     FinalizeVipBundle,
     FlightBookingFailed_v1,
 )
-from process_manager.store import Applied
-from tasks.celery_app import store
-from vip_bundles.settings import get_settings
+from tasks.celery_app import app, store
 
 log = get_task_logger(__name__)
+PROCESS_MANAGER = "vip_bundle.process_manager.handle_event"
 
 
 def due(command: Command) -> Bundle | None:
@@ -62,9 +63,8 @@ def _give_up(command: Command, starts: int) -> None:
 def start_rollback(applied: Applied) -> None:
     """Hand a recorded failure event (the bundle is now rolling back) to the process manager."""
     if isinstance(applied.event, BookingFailed_v1 | FlightBookingFailed_v1):
-        from tasks.saga import handle_event  # tasks.saga imports this module
-
-        handle_event.delay(applied.event.to_message())
+        # By name: tasks.saga (the canvas) imports this module, not the other way round.
+        app.send_task(PROCESS_MANAGER, args=[applied.event.to_message()])
 
 
 def record(command: Command, outcome: Callable[[Bundle], Event], read: Bundle) -> Applied:

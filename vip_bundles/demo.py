@@ -43,8 +43,8 @@ SCENARIOS = [
 
 
 def run(bundles_per_scenario: int = 1) -> int:
+    from adapters.settings import get_settings
     from vip_bundles import local_stack
-    from vip_bundles.settings import get_settings
 
     started: list[Any] = []
     try:

@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from redis import Redis
 
+from adapters.store import BundleStore
 from process_manager import saga
 from process_manager.bundle import Bundle, Status
 from process_manager.messages import Leg
-from process_manager.store import BundleStore
 from tests.factories import fresh_bundle
 
 

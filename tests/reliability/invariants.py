@@ -25,10 +25,10 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from adapters.store import BundleStore
 from partner_simulator.server import SimulatorClient
 from process_manager.bundle import FINAL, IN_FLIGHT, Bundle, Status
 from process_manager.messages import EVENT_TYPES, Leg
-from process_manager.store import BundleStore
 
 MUTATING = ("POST", "PUT", "DELETE")
 FLIGHTS = "/transportation-api/flight-tickets"

@@ -158,7 +158,7 @@ NOTES: dict[str, str] = {
         "Garbage that stops a stock Celery 5.7 worker for good (`Unrecoverable error`): raw "
         "bytes or non-envelope JSON on the Redis list, a task body that is not `[args, kwargs, "
         "embed]`. With acks_late the last one is restored and stops the next worker too. "
-        "`vip_bundles/broker.py` refuses them (logs, rejects without requeue) once celeryconfig "
+        "`adapters/broker.py` refuses them (logs, rejects without requeue) once celeryconfig "
         "enables it; until then this test is an expected failure."
     ),
 }
@@ -200,16 +200,16 @@ HEALED_BY = [
     ),
     (
         "malformed requests, garbage on the queue",
-        "pydantic validation at the doors; JSON-only content; `vip_bundles/broker.py` for what "
+        "pydantic validation at the doors; JSON-only content; `adapters/broker.py` for what "
         "would stop the worker",
     ),
 ]
 
 PROPOSED = """## Proposed (not applied here)
 
-- `celeryconfig.py`: enable the hardening of `vip_bundles/broker.py`
-  (`worker_consumer = "vip_bundles.broker:Consumer"`, and on a `redis://` broker
-  `broker_transport = "vip_bundles.broker:Transport"`). A stock worker stops for good on raw
+- `celeryconfig.py`: enable the hardening of `adapters/broker.py`
+  (`worker_consumer = "adapters.broker:Consumer"`, and on a `redis://` broker
+  `broker_transport = "adapters.broker:Transport"`). A stock worker stops for good on raw
   bytes or non-envelope JSON pushed on the Redis list, or on a task body that is not
   `[args, kwargs, embed]` (with acks_late that message comes back and stops the next worker);
   `test_garbage_that_stops_a_stock_worker_is_refused_too` is an expected failure until then.

@@ -24,9 +24,9 @@ from celery import Celery
 from celery.result import AsyncResult
 from redis import Redis, RedisError
 
+from adapters.store import BundleStore
 from partner_simulator.server import SimulatorClient, start_subprocess
 from process_manager.bundle import FINAL, Bundle, Status
-from process_manager.store import BundleStore
 from tests.conftest import RUN_PREFIX
 from tests.helpers import request
 from tests.reliability import invariants

@@ -222,7 +222,7 @@ REFUSED_BY_CELERY: list[tuple[str, GarbageMaker, str]] = [
         "Received unregistered task of type 'vip_bundle.nope'",
     ),
 ]
-# Each of these stops a stock Celery 5.7 worker ("Unrecoverable error"): vip_bundles/broker.py.
+# Each of these stops a stock Celery 5.7 worker ("Unrecoverable error"): adapters/broker.py.
 STOPS_A_STOCK_WORKER: list[tuple[str, GarbageMaker, str]] = [
     (
         "raw bytes pushed on the Redis list",

@@ -8,14 +8,14 @@ from collections.abc import Iterator
 import pytest
 from redis import Redis
 
+from adapters.partners import Partners
+from adapters.store import BundleStore
 from partner_simulator.server import SimulatorClient, SimulatorServer
 from process_manager import saga
 from process_manager.bundle import Bundle
 from process_manager.messages import BookVipBundle, Leg
-from process_manager.store import BundleStore
 from tests.conftest import RUN_PREFIX
 from tests.reliability.invariants import check
-from vip_bundles.partners import Partners
 
 
 @pytest.fixture
