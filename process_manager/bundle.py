@@ -17,9 +17,11 @@ class Status(StrEnum):
     INBOUND_BOOKED = "inbound_booked"
     RETURN_BOOKED = "return_booked"
     ROLLING_BACK = "rolling_back"
+    CANCELLING = "cancelling"  # undoing on request (shared/intake-api.md, "Cancelling a bundle")
     COMPENSATION_FAILED = "compensation_failed"  # parked: an undo failed past its retries
     FINALIZED = "finalized"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 IN_FLIGHT = frozenset(
@@ -29,9 +31,10 @@ IN_FLIGHT = frozenset(
         Status.INBOUND_BOOKED,
         Status.RETURN_BOOKED,
         Status.ROLLING_BACK,
+        Status.CANCELLING,
     }
 )
-FINAL = frozenset({Status.FINALIZED, Status.FAILED})
+FINAL = frozenset({Status.FINALIZED, Status.FAILED, Status.CANCELLED})
 ROLLBACK = frozenset({Status.ROLLING_BACK, Status.COMPENSATION_FAILED})
 
 

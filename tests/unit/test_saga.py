@@ -168,4 +168,10 @@ def test_idempotency_keys_come_from_business_ids_only():
 
 def test_every_state_has_a_way_out_in_the_table():
     sources = {state for state, _ in saga.TRANSITIONS}
-    assert set(Status) - sources == {Status.FINALIZED, Status.FAILED}
+    # CANCELLING gets its transitions with cancellation (issue 10).
+    assert set(Status) - sources == {
+        Status.FINALIZED,
+        Status.FAILED,
+        Status.CANCELLED,
+        Status.CANCELLING,
+    }

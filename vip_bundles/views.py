@@ -1,0 +1,325 @@
+"""What the HTTP door shows: the bundle as JSON, its timeline, the state diagram, the page context.
+
+Pure functions from a `Bundle` (and the saga's TRANSITIONS) to plain data; the routes in
+`vip_bundles/api.py` and the templates render them. No Redis, no Celery here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from process_manager import saga
+from process_manager.bundle import Bundle, Status
+from process_manager.messages import CancelFlightTickets, Leg, RefundTicket
+
+# --- JSON views ----------------------------------------------------------------------------------
+
+
+def _pending(bundle: Bundle) -> list[dict[str, str]]:
+    out = []
+    for command in saga.pending_compensations(bundle):
+        match command:
+            case RefundTicket(ticket_id=ticket_id):
+                out.append({"step": "refund_ticket", "ticket_id": ticket_id})
+            case CancelFlightTickets(leg=leg):
+                out.append({"step": "cancel_flight_tickets", "leg": leg.value})
+    return out
+
+
+def compensations(bundle: Bundle) -> dict[str, Any]:
+    """The undo work done so far, and what is still to do (in a rollback)."""
+    cancelled = [t for leg in bundle.cancelled_legs for t in bundle.flight_tickets.get(leg, [])]
+    return {
+        "refunded_ticket_ids": bundle.refunded_ticket_ids,
+        "cancelled_legs": [leg.value for leg in bundle.cancelled_legs],
+        "cancelled_flight_ticket_ids": cancelled,
+        "pending": _pending(bundle),
+    }
+
+
+def bundle_view(bundle: Bundle) -> dict[str, Any]:
+    data = bundle.model_dump(mode="json")
+    return {
+        "status": data["status"],
+        "vip_bundle_id": data["vip_bundle_id"],
+        "booking_id": data["booking_id"],
+        "correlation_id": data["correlation_id"],
+        "customer_email": data["customer_email"],
+        "number_of_tickets": data["number_of_tickets"],
+        "show_id": data["show_id"],
+        "passengers": data["passengers"],
+        "inbound_flight_id": data["inbound_flight_id"],
+        "return_flight_id": data["return_flight_id"],
+        "ticket_ids": data["ticket_ids"],
+        "flight_tickets": {leg.value: bundle.flight_tickets.get(leg, []) for leg in Leg},
+        "compensations": compensations(bundle),
+        "failure": data["failure"],
+        "last_error": data["last_error"],
+        "step_failures": data["step_failures"],
+        "compensation_failures": data["compensation_failures"],
+        "history": [
+            {
+                "at": h["at"],
+                "event": h["event"],
+                "from": h["from_status"],
+                "to": h["to_status"],
+                "detail": h["detail"],
+            }
+            for h in data["history"]
+        ],
+        "created_at": data["created_at"],
+        "updated_at": data["updated_at"],
+    }
+
+
+def bundle_summary(bundle: Bundle) -> dict[str, Any]:
+    data = bundle.model_dump(mode="json")
+    keys = ("vip_bundle_id", "booking_id", "status", "customer_email", "show_id", "failure")
+    return {
+        **{k: data[k] for k in keys},
+        "created_at": data["created_at"],
+        "updated_at": data["updated_at"],
+    }
+
+
+# --- the timeline page ---------------------------------------------------------------------------
+
+_templates = Environment(
+    loader=PackageLoader("vip_bundles", "templates"),
+    autoescape=select_autoescape(default=True, default_for_string=True),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def render(template: str, **context: Any) -> str:
+    return _templates.get_template(template).render(**context)
+
+
+# What ran, for each event in the history (the event names what happened; this, the step).
+STEP_OF_EVENT = {
+    "VipBundleInitialized_v1": "request stored, saga started",
+    "BookingMade_v1": "book show tickets",
+    "BookingFailed_v1": "book show tickets: refused",
+    "FlightBooked_v1": "book flight",
+    "FlightBookingFailed_v1": "book flight: failed",
+    "StepFailed": "step failed, to be tried again",
+    "TicketRefunded_v1": "undo: refund ticket + void receipt",
+    "FlightTicketsCancelled_v1": "undo: cancel flight tickets",
+    "CompensationFailed_v1": "undo failed past its retries",
+    "RollbackResumed": "rollback resumed",
+    "VipBundleFinalized_v1": "finalize",
+    "VipBundleFailed_v1": "rollback complete",
+}
+FAILURE_EVENTS = {
+    "BookingFailed_v1",
+    "FlightBookingFailed_v1",
+    "StepFailed",
+    "CompensationFailed_v1",
+}
+UNDO_EVENTS = {"TicketRefunded_v1", "FlightTicketsCancelled_v1", "VipBundleFailed_v1"}
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.0f}"
+
+
+def _when(at: datetime) -> str:
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _clock(at: datetime) -> str:
+    return at.strftime("%H:%M:%S.") + f"{at.microsecond // 1000:03d}"
+
+
+def timeline(bundle: Bundle) -> list[dict[str, Any]]:
+    rows = []
+    start = bundle.history[0].at if bundle.history else None
+    previous = start
+    for n, h in enumerate(bundle.history, 1):
+        kind = "failure" if h.event in FAILURE_EVENTS else "undo" if h.event in UNDO_EVENTS else ""
+        rows.append(
+            {
+                "n": n,
+                "at": _when(h.at),
+                "clock": _clock(h.at),
+                "since_start_ms": _ms((h.at - start).total_seconds()) if start else "",
+                "since_previous_ms": _ms((h.at - previous).total_seconds()) if previous else "",
+                "step": STEP_OF_EVENT.get(h.event, h.event),
+                "event": h.event,
+                "from": h.from_status.value if h.from_status else "",
+                "to": h.to_status.value,
+                "detail": h.detail or "",
+                "kind": kind,
+            }
+        )
+        previous = h.at
+    return rows
+
+
+# --- the state diagram: every status a node, every (from, to) of TRANSITIONS an edge -----------
+
+S = Status
+NODE_W, NODE_H = 150, 44
+# Forward path along the top, rollback below it, final states in the right column.
+LAYOUT: dict[Status, tuple[int, int]] = {
+    S.INITIALIZED: (95, 70),
+    S.BOOKING_MADE: (345, 70),
+    S.INBOUND_BOOKED: (595, 70),
+    S.RETURN_BOOKED: (845, 70),
+    S.FINALIZED: (1095, 70),
+    S.ROLLING_BACK: (595, 270),
+    S.FAILED: (1095, 270),
+    S.COMPENSATION_FAILED: (595, 440),
+    S.CANCELLING: (845, 440),
+    S.CANCELLED: (1095, 440),
+}
+DIAGRAM_W, DIAGRAM_H = 1190, 500
+# Self-loops sit above the top row and left of the rollback states, clear of other edges.
+LOOP_SIDE = {S.ROLLING_BACK: "left", S.COMPENSATION_FAILED: "left"}
+STATUS_KIND = {
+    S.FINALIZED: "ok",
+    S.FAILED: "failed",
+    S.CANCELLED: "failed",
+    S.COMPENSATION_FAILED: "parked",
+}
+
+
+@dataclass(frozen=True)
+class Edge:
+    source: str
+    target: str
+    path: str
+    label_x: float
+    label_y: float
+    anchor: str
+    labels: list[str]
+    taken: bool
+
+
+def _short(event: type) -> str:
+    return event.__name__.removesuffix("_v1")
+
+
+def _border(cx: float, cy: float, dx: float, dy: float) -> tuple[float, float]:
+    """Where the ray from a node's centre along (dx, dy) leaves its box."""
+    t = min(
+        (NODE_W / 2) / abs(dx) if dx else float("inf"),
+        (NODE_H / 2) / abs(dy) if dy else float("inf"),
+    )
+    return cx + t * dx, cy + t * dy
+
+
+def _line(source: Status, target: Status, offset: float) -> tuple[str, float, float]:
+    (x1, y1), (x2, y2) = LAYOUT[source], LAYOUT[target]
+    dx, dy = x2 - x1, y2 - y1
+    length = (dx * dx + dy * dy) ** 0.5
+    # Two edges between one pair of nodes run side by side, not on top of each other.
+    ox, oy = -dy / length * offset, dx / length * offset
+    ax, ay = _border(x1, y1, dx, dy)
+    bx, by = _border(x2, y2, -dx, -dy)
+    path = f"M{ax + ox:.1f},{ay + oy:.1f} L{bx + ox:.1f},{by + oy:.1f}"
+    return path, (ax + bx) / 2 + ox, (ay + by) / 2 + oy
+
+
+def _loop(status: Status) -> tuple[str, float, float, str]:
+    x, y = LAYOUT[status]
+    if LOOP_SIDE.get(status) == "left":
+        e = x - NODE_W / 2
+        path = f"M{e},{y - 10} C{e - 60},{y - 45} {e - 60},{y + 45} {e},{y + 10}"
+        return path, e - 50, y, "end"
+    t = y - NODE_H / 2
+    path = f"M{x - 22},{t} C{x - 50},{t - 45} {x + 50},{t - 45} {x + 22},{t}"
+    return path, x, t - 38, "middle"
+
+
+def diagram(bundle: Bundle) -> dict[str, Any]:
+    path = [(h.from_status, h.to_status) for h in bundle.history if h.from_status is not None]
+    taken = set(path)
+    visited = {h.to_status for h in bundle.history} | {bundle.status}
+    pairs: dict[tuple[Status, Status], list[str]] = {}
+    for (source, event), target in saga.TRANSITIONS.items():
+        pairs.setdefault((source, target), []).append(_short(event))
+    edges = []
+    for (source, target), labels in pairs.items():
+        if source == target:
+            d, lx, ly, anchor = _loop(source)
+        else:
+            both_ways = (target, source) in pairs
+            d, lx, ly = _line(source, target, 10 if both_ways else 0)
+            anchor = "middle"
+            if LAYOUT[source][0] == LAYOUT[target][0]:  # vertical: label beside the line
+                down = LAYOUT[target][1] > LAYOUT[source][1]
+                anchor, lx = ("start", lx + 8) if down != both_ways else ("end", lx - 8)
+            else:
+                ly -= 6
+        edges.append(Edge(source, target, d, lx, ly, anchor, labels, (source, target) in taken))
+    nodes = [
+        {
+            "status": s.value,
+            "x": x,
+            "y": y,
+            "kind": STATUS_KIND.get(s, "flight"),
+            "classes": " ".join(
+                c for c, on in (("visited", s in visited), ("current", s is bundle.status)) if on
+            ),
+        }
+        for s, (x, y) in LAYOUT.items()
+    ]
+    return {
+        "nodes": nodes,
+        "edges": edges,
+        "w": DIAGRAM_W,
+        "h": DIAGRAM_H,
+        "nw": NODE_W,
+        "nh": NODE_H,
+    }
+
+
+def headline(bundle: Bundle) -> dict[str, str]:
+    """One sentence saying where the bundle stands and, if it failed, why."""
+    failure = bundle.failure
+    why = f"{failure.step}: {failure.reason}" if failure else ""
+    match bundle.status:
+        case S.FINALIZED:
+            return {"kind": "ok", "text": "Finalized: show tickets and both flights booked."}
+        case S.FAILED:
+            return {"kind": "failed", "text": f"Failed and rolled back. Why: {why}"}
+        case S.COMPENSATION_FAILED:
+            return {
+                "kind": "parked",
+                "text": f"Parked: an undo failed ({bundle.last_error or 'see timeline'}). "
+                f"It is retried later. Original failure: {why}",
+            }
+        case S.ROLLING_BACK:
+            return {"kind": "failed", "text": f"Rolling back. Why: {why}"}
+    note = f" Last error: {bundle.last_error}" if bundle.last_error else ""
+    return {"kind": "flight", "text": f"In flight ({bundle.status.value}).{note}"}
+
+
+def page_context(bundle: Bundle) -> dict[str, Any]:
+    return {
+        "bundle": bundle_view(bundle),
+        "failure": bundle.failure,
+        "headline": headline(bundle),
+        "timeline": timeline(bundle),
+        "diagram": diagram(bundle),
+        "refunds": [
+            {"ticket_id": t, "done": t in bundle.refunded_ticket_ids} for t in bundle.ticket_ids
+        ],
+        "cancellations": [
+            {
+                "leg": leg.value,
+                "ticket_ids": bundle.flight_tickets.get(leg, []),
+                "done": leg in bundle.cancelled_legs,
+            }
+            for leg in Leg
+            if bundle.flight_tickets.get(leg) or leg in bundle.cancelled_legs
+        ],
+        "pending": _pending(bundle),
+        "in_rollback": bool(bundle.failure) or bundle.status in (S.ROLLING_BACK, S.FAILED),
+    }
