@@ -58,17 +58,22 @@ def partner_records(
 
 
 def audit(
-    st: BundleStore, client: Partners, ids: list[str], until: float, filtered_calls: int
+    st: BundleStore,
+    client: Partners,
+    ids: list[str],
+    until: float,
+    filtered_calls: int,
+    chunk: int = CHUNK,
 ) -> Iterator[tuple[Bundle, list[Finding]]]:
     """Each audited bundle (settled by `until`) with its findings, in `ids` order."""
-    first = st.many(ids[:CHUNK])
-    if len(ids) <= CHUNK:
+    first = st.many(ids[:chunk])
+    if len(ids) <= chunk:
         records = partner_records(client, first, filtered_calls)
     else:
         records = partner_records(client, None)
-    for start in range(0, len(ids), CHUNK):
-        chunk = first if start == 0 else st.many(ids[start : start + CHUNK])
-        for bundle in chunk:
+    for start in range(0, len(ids), chunk):
+        bundles = first if start == 0 else st.many(ids[start : start + chunk])
+        for bundle in bundles:
             if bundle.status_since().timestamp() <= until:
                 yield bundle, findings(bundle, records)
 

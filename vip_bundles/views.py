@@ -63,8 +63,7 @@ def bundle_view(bundle: Bundle) -> dict[str, Any]:
         "compensation_failures": data["compensation_failures"],
         # What the audit found at the partners after the bundle settled, oldest first.
         "drift": [
-            {k: d[k] for k in ("key", "kind", "description", "record", "at")}
-            for d in data["drift"]
+            {k: d[k] for k in ("key", "kind", "description", "record", "at")} for d in data["drift"]
         ],
         "history": [
             {
