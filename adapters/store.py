@@ -36,6 +36,17 @@ end
 return 'ok'
 """
 
+# Moves the audit cursor forward only: a slow audit run finishing after a later one must not
+# send the next run back over what was done (that would only cost time: findings are recorded
+# once anyway).
+_ADVANCE = """
+local current = redis.call('GET', KEYS[1])
+if current == false or tonumber(current) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return redis.call('GET', KEYS[1])
+"""
+
 Decide = Callable[[Bundle], Event | None]
 
 
@@ -58,6 +69,7 @@ class BundleStore:
         self.stream = f"{prefix}events"
         self.stream_maxlen = stream_maxlen
         self._transition = redis.register_script(_TRANSITION)
+        self._advance = redis.register_script(_ADVANCE)
 
     # --- keys ---
     def _bundle_key(self, bundle_id: str) -> str:
@@ -214,8 +226,9 @@ class BundleStore:
         value = self.redis.get(f"{self.prefix}audit:cursor")
         return float(value) if value is not None else None
 
-    def set_audit_cursor(self, settled_until: float) -> None:
-        self.redis.set(f"{self.prefix}audit:cursor", repr(settled_until))
+    def advance_audit_cursor(self, settled_until: float) -> float:
+        """Move the cursor to `settled_until` unless it is further already; where it is now."""
+        return float(self._advance(keys=[f"{self.prefix}audit:cursor"], args=[repr(settled_until)]))
 
     def first_time(self, message_id: str, ttl_s: int = 7 * 24 * 3600) -> bool:
         """True the first time a message id is seen (duplicate-delivery guard)."""

@@ -121,7 +121,7 @@ def audit_recent() -> dict[str, int]:
         run.checked += 1
         run.findings += len(found)
         run.new_findings += record_drift(st, bundle, found)
-    st.set_audit_cursor(max(next_cursor, cursor or 0.0))
+    st.advance_audit_cursor(next_cursor)
     if run.findings:
         log.info("audit: %s", vars(run))
     return vars(run)

@@ -85,7 +85,9 @@ def test_drift_is_streamed_once_and_keeps_the_settle_time(store: BundleStore):
     assert store.settled() == [(bundle.vip_bundle_id, settled_at)]
 
 
-def test_audit_cursor_round_trips(store: BundleStore):
+def test_audit_cursor_only_moves_forward(store: BundleStore):
     assert store.audit_cursor() is None
-    store.set_audit_cursor(1764556800.123456)
+    assert store.advance_audit_cursor(1764556800.123456) == 1764556800.123456
+    assert store.advance_audit_cursor(1764556000.0) == 1764556800.123456  # a slower, older run
     assert store.audit_cursor() == 1764556800.123456
+    assert store.advance_audit_cursor(1764557000.5) == 1764557000.5
