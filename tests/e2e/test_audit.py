@@ -18,14 +18,13 @@ from process_manager.bundle import Bundle, Status
 from process_manager.messages import Leg
 from tasks.audit import audit
 from tasks.celery_app import app, redis_client, store
-from tests.conftest import RUN_PREFIX
 from tests.helpers import Saga, request
 from vip_bundles import local_stack, views
 
 
 def audit_command(gateway_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     """`vip-bundles audit ...` as an operator runs it, against this run's Redis and partners."""
-    env = local_stack.celery_env(KEY_PREFIX=RUN_PREFIX, GATEWAY_URL=gateway_url)
+    env = local_stack.celery_env(GATEWAY_URL=gateway_url)
     return subprocess.run(
         [sys.executable, "-m", "vip_bundles", "audit", *args],
         env=env,
