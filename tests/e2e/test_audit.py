@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import httpx
 
 from adapters.partners import Partners
+from adapters.settings import get_settings
 from partner_simulator.server import SimulatorServer
 from process_manager.bundle import Bundle, Status
 from process_manager.messages import Leg
@@ -170,3 +171,13 @@ def test_filtered_calls_whole_lists_and_chunks_find_the_same(
     assert run(filtered_calls=20) == ([f"receipt_not_voided:{undone.ticket_ids[0]}"], 6)
     assert run(filtered_calls=0) == ([f"receipt_not_voided:{undone.ticket_ids[0]}"], 3)
     assert run(filtered_calls=20, chunk=1) == ([f"receipt_not_voided:{undone.ticket_ids[0]}"], 3)
+
+
+def test_beat_runs_the_audit_on_the_compensation_queue():
+    entry = app.conf.beat_schedule["audit-vip-bundles"]
+    assert entry["task"] == "vip_bundle.audit"
+    assert entry["schedule"] == get_settings().audit_every_s
+    assert entry["options"]["queue"] == "vip-bundles.compensation"
+    assert app.amqp.router.route({}, "vip_bundle.audit")["queue"].name == (
+        "vip-bundles.compensation"
+    )
