@@ -149,10 +149,18 @@ def claim_database(server_url: str, lease_s: int = 6 * 3600) -> ClaimedDatabase:
         count = int(base.config_get("databases").get("databases", 16))
     except redis.ResponseError:  # CONFIG disabled (a managed Redis): assume the default
         count = 16
+    try:
+        # A database someone is connected to is in use, claimed or not (a worker left running
+        # by a crashed run would eat the messages of the next run that took it).
+        busy = {int(c.get("db", 0)) for c in base.client_list()}
+    except redis.ResponseError:
+        busy = set()
     finally:
         base.close()
     token = f"{socket.gethostname()}:{os.getpid()}:{time.time()}"
     for db in range(1, count):
+        if db in busy:
+            continue
         client = redis.Redis.from_url(server_url, db=db)
         if client.exists(CLAIM_OWNER) and not client.exists(CLAIM_LEASE):
             client.flushdb()  # a crashed run's leftovers
@@ -255,7 +263,11 @@ def start_worker(
             raise RuntimeError(f"worker {name} exited: see {logfile}")
         return bool(control_app.control.ping(destination=[name], timeout=0.5))
 
-    _wait(answers, ready_timeout, f"worker {name}")
+    try:
+        _wait(answers, ready_timeout, f"worker {name}")
+    except BaseException:
+        worker.stop()  # never leave a worker behind that nobody will stop
+        raise
     return worker
 
 
