@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -23,6 +24,8 @@ from tests.e2e.test_cli import vip_bundles
 from tests.e2e.test_timeline_page import parse, run_chromium
 from tests.helpers import Saga, request
 from vip_bundles import local_stack
+from vip_bundles.access import ApiKey
+from vip_bundles.api import create_app
 
 SETTLED = ("finalized", "failed", "cancelled", "compensation_failed")
 
@@ -247,6 +250,38 @@ def test_resume_of_a_bundle_in_flight_sends_its_next_step_again_without_doubling
     assert [h["detail"] for h in done["history"] if h["event"] == "BundleResumed"] == ["by=local"]
     # Steps are idempotent: one set of tickets per leg at the airline.
     assert len(sim.flight_tickets(reference_id=bundle_id)) == 2 * len(body["passengers"])
+
+
+def test_operator_doors_need_their_scopes_and_a_resume_names_the_key(
+    api: httpx.Client, sim: SimulatorClient, saga: Saga
+):
+    bundle_id = parked(api, sim)["vip_bundle_id"]
+    keys = "k-viewer:read,k-ops:read+operate"
+
+    async def calls() -> list[httpx.Response]:
+        # In process, as a loopback client, behind the door's access middleware.
+        transport = httpx.ASGITransport(app=create_app(keys), client=("127.0.0.1", 4711))
+        async with httpx.AsyncClient(transport=transport, base_url="http://door") as http:
+            viewer = {"Authorization": "Bearer k-viewer"}
+            ops = {"Authorization": "Bearer k-ops"}
+            resume = f"/vip-bundles/{bundle_id}/resume"
+            return [
+                await http.get("/"),
+                await http.get("/", headers=viewer),
+                await http.get("/metrics", headers=viewer),
+                await http.get("/vip-bundles", params={"q": bundle_id}, headers=viewer),
+                await http.post(resume, headers=viewer),
+                await http.post(resume, headers=ops),
+            ]
+
+    anonymous, page, scrape, search, refused, resumed = asyncio.run(calls())
+    assert anonymous.status_code == 401
+    assert (page.status_code, scrape.status_code, search.status_code) == (200, 200, 200)
+    assert refused.status_code == 403
+    assert resumed.status_code == 202
+    done = settle(api, bundle_id, until=("failed",))
+    (entry,) = [h for h in done["history"] if h["event"] == "RollbackResumed"]
+    assert entry["detail"] == f"by={ApiKey(b'k-ops', frozenset()).name}"
 
 
 def test_resume_refuses_final_bundles_and_does_not_know_unknown_ones(
