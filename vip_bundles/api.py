@@ -202,6 +202,8 @@ def create_app(api_keys: str | None = None) -> FastAPI:
         by = getattr(request.state, "api_key_name", "local")
         taken = take_up(bundle, by=by)
         log.info("resume %s by %s: %s", vip_bundle_id, by, taken.status)
+        if taken.status in FINAL:  # it settled while we looked: nothing was taken up
+            return errors_response(409, [error("status", f"the bundle is {taken.status}")])
         return JSONResponse(
             {"vip_bundle_id": vip_bundle_id, "status": taken.status.value}, status_code=202
         )

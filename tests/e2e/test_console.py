@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -43,7 +46,7 @@ def settle(api: httpx.Client, bundle_id: str, until: tuple[str, ...] = SETTLED) 
         if bundle.get("status") in until:
             return bundle
         time.sleep(0.1)
-    raise AssertionError(f"bundle {bundle_id} not in {until}")
+    raise AssertionError(f"bundle {bundle_id} not in {until}: {bundle}")
 
 
 def book(api: httpx.Client, body: dict[str, Any], **headers: str) -> str:
@@ -282,6 +285,37 @@ def test_operator_doors_need_their_scopes_and_a_resume_names_the_key(
     done = settle(api, bundle_id, until=("failed",))
     (entry,) = [h for h in done["history"] if h["event"] == "RollbackResumed"]
     assert entry["detail"] == f"by={ApiKey(b'k-ops', frozenset()).name}"
+
+
+def test_the_reconciler_takes_bundles_up_through_the_same_function(
+    api: httpx.Client, sim: SimulatorClient, saga: Saga
+):
+    stuck = parked(api, sim)["vip_bundle_id"]
+    sim.set_latency(300)
+    body = request()
+    in_flight = book(api, body)
+    # One reconciler pass, as beat's task runs it, told that nothing is recent enough to wait.
+    env = local_stack.celery_env(STALE_AFTER_S="0", PARKED_RETRY_BASE_S="0")
+    run = subprocess.run(
+        [sys.executable, "-c", "from tasks.reconcile import reconcile; print(reconcile())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    sim.set_latency(0)
+    assert run.returncode == 0, run.stderr
+    counts = ast.literal_eval(run.stdout.strip().splitlines()[-1])
+    assert counts["parked_retried"] >= 1 and counts["resumed"] >= 1, (counts, run.stderr[-3000:])
+
+    retried = settle(api, stuck, until=("failed",))
+    (entry,) = [h for h in retried["history"] if h["event"] == "RollbackResumed"]
+    assert entry["detail"] is None  # the reconciler, not an operator
+    done = settle(api, in_flight)
+    assert done["status"] == "finalized"
+    assert not [h for h in done["history"] if h["event"] == "BundleResumed"]
+    assert len(sim.flight_tickets(reference_id=in_flight)) == 2 * len(body["passengers"])
 
 
 def test_resume_refuses_final_bundles_and_does_not_know_unknown_ones(
