@@ -76,8 +76,9 @@ class Meter:
         self._pending: defaultdict[str, float] = defaultdict(float)
         self._thread: threading.Thread | None = None
 
-    def configure(self, sink: Sink) -> None:
-        """Where to send the sums (no I/O now: `sink` is called when flushing)."""
+    def configure(self, sink: Sink | None) -> None:
+        """Where to send the sums (no I/O now: `sink` is called when flushing). Until then
+        nothing is sent and no thread runs: only worker processes configure it."""
         self._sink = sink
 
     # --- observations (the hot path: a lock and a few dict additions) ---
@@ -134,10 +135,13 @@ class Meter:
         # last observations too, within FLUSH_EVERY_S.
         while True:
             time.sleep(self.flush_every_s)
-            try:
-                self.flush()
-            except Exception:  # never let the metrics thread die silently
-                log.exception("metrics: flush failed")
+            self.flush_quietly()
+
+    def flush_quietly(self) -> None:
+        try:
+            self.flush()
+        except Exception:  # metrics never take a worker (or its metrics thread) down
+            log.exception("metrics: flush failed")
 
 
 METER = Meter()

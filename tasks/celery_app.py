@@ -10,7 +10,12 @@ import logging
 from functools import cache
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 from redis import Redis
 
 from adapters.metrics import METER
@@ -52,8 +57,11 @@ def compensation_partners() -> Partners:
     )
 
 
-# Metrics are summed in memory and sent to Redis in batches (adapters/metrics.py).
-METER.configure(lambda: (redis_client(), get_settings().key_prefix))
+@worker_init.connect
+def _send_metrics_to_redis(**_: object) -> None:
+    # Workers sum their metrics in memory and send them to Redis in batches
+    # (adapters/metrics.py); other processes (the API, the CLI, tests) send none.
+    METER.configure(lambda: (redis_client(), get_settings().key_prefix))
 
 
 @worker_process_init.connect
@@ -66,7 +74,4 @@ def _fresh_clients_after_fork(**_: object) -> None:
 @worker_process_shutdown.connect
 @worker_shutdown.connect
 def _send_last_metrics(**_: object) -> None:
-    try:
-        METER.flush()
-    except Exception as exc:  # a worker stopping must not fail on its metrics
-        logging.getLogger(__name__).warning("metrics: last flush failed: %s", exc)
+    METER.flush_quietly()  # a worker stopping must not fail on its metrics

@@ -166,20 +166,21 @@ def timeline(bundle: Bundle) -> list[dict[str, Any]]:
 
 S = Status
 NODE_W, NODE_H = 150, 44
-# Forward path along the top, rollback below it, final states in the right column.
+# Forward path along the top, rollback below it, final states in the right column (a little
+# further out: the widest edge label, VipBundleFinalized, sits before it).
 LAYOUT: dict[Status, tuple[int, int]] = {
     S.INITIALIZED: (95, 100),
     S.BOOKING_MADE: (355, 100),
     S.INBOUND_BOOKED: (615, 100),
     S.RETURN_BOOKED: (875, 100),
-    S.FINALIZED: (1135, 100),
+    S.FINALIZED: (1150, 100),
     S.ROLLING_BACK: (615, 300),
-    S.FAILED: (1135, 300),
+    S.FAILED: (1150, 300),
     S.COMPENSATION_FAILED: (615, 470),
     S.CANCELLING: (875, 470),
-    S.CANCELLED: (1135, 470),
+    S.CANCELLED: (1150, 470),
 }
-DIAGRAM_W, DIAGRAM_H = 1230, 530
+DIAGRAM_W, DIAGRAM_H = 1245, 530
 LINE_H = 12.6  # one line of an edge label (1.2em of 10.5px)
 # Self-loops sit above the top row and left of the rollback states, clear of other edges.
 LOOP_SIDE = {S.ROLLING_BACK: "left", S.COMPENSATION_FAILED: "left"}

@@ -117,9 +117,9 @@ def test_a_forked_child_does_not_send_its_parents_counts_again(store: BundleStor
 def test_partner_outcomes_are_classified_in_the_one_send(
     store: BundleStore, simulator, sim: SimulatorClient
 ):
-    original = metrics.METER._sink
+    original = metrics.METER._sink  # None: only worker processes send metrics
     metrics.METER.configure(lambda: (store.redis, store.prefix))
-    metrics.METER.flush()  # what this process counted before belongs to another prefix
+    metrics.METER.flush()  # what this process counted before is not this test's
     partners = Partners(simulator.url, timeout_s=2, attempts=3, max_wait_s=0.01)
     try:
         bundle = fresh_bundle()
@@ -144,8 +144,7 @@ def test_partner_outcomes_are_classified_in_the_one_send(
         metrics.METER.flush()
     finally:
         partners.close()
-        if original is not None:
-            metrics.METER.configure(original)
+        metrics.METER.configure(original)
 
     calls = {
         (dict(k)["partner"], dict(k)["outcome"]): v
