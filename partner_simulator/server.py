@@ -49,15 +49,14 @@ def url_for(host: str, port: int) -> str:
 
 def uvicorn_config(app: Any, **overrides: Any) -> uvicorn.Config:
     # http="auto": httptools when installed, else h11. No access log: it costs at load.
-    return uvicorn.Config(
-        app,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        http="auto",
-        timeout_graceful_shutdown=5,
-        **overrides,
-    )
+    options: dict[str, Any] = {
+        "log_level": "warning",
+        "access_log": False,
+        "lifespan": "off",
+        "http": "auto",
+        "timeout_graceful_shutdown": 5,
+    }
+    return uvicorn.Config(app, **{**options, **overrides})
 
 
 def wait_for_health(
