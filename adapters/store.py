@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from redis import Redis
 
 from process_manager import saga
-from process_manager.bundle import IN_FLIGHT, Bundle, Status
+from process_manager.bundle import FINAL, IN_FLIGHT, Bundle, Status
 from process_manager.messages import Event
 
 _TRANSITION = """
@@ -62,6 +62,17 @@ return 'ok'
 MOVES_TTL_S = 3600
 MAX_SEARCH = 500  # matches fetched per indexed field
 
+# Moves the audit cursor forward only: a slow audit run finishing after a later one must not
+# send the next run back over what was done (that would only cost time: findings are recorded
+# once anyway).
+_ADVANCE = """
+local current = redis.call('GET', KEYS[1])
+if current == false or tonumber(current) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return redis.call('GET', KEYS[1])
+"""
+
 Decide = Callable[[Bundle], Event | None]
 
 
@@ -84,6 +95,7 @@ class BundleStore:
         self.stream = f"{prefix}events"
         self.stream_maxlen = stream_maxlen
         self._transition = redis.register_script(_TRANSITION)
+        self._advance = redis.register_script(_ADVANCE)
 
     # --- keys ---
     def _bundle_key(self, bundle_id: str) -> str:
@@ -188,6 +200,38 @@ class BundleStore:
         ids = self.redis.zrangebyscore(self.status_key(status), "-inf", cutoff, 0, limit)
         return [i.decode() if isinstance(i, bytes) else i for i in ids]
 
+    def settled(
+        self,
+        after: float | None = None,
+        until: float | None = None,
+        limit: int | None = None,
+        newest: bool = False,
+    ) -> list[tuple[str, float]]:
+        """(id, settle time) of bundles in a final status that settled in (after, until],
+        oldest first (or, with `newest`, the newest `limit` of them, still oldest first).
+
+        The audit's walk over the final-status indexes, whose score is the settle time.
+        """
+        low = "-inf" if after is None else f"({after!r}"
+        high = "+inf" if until is None else repr(until)
+        page = {"start": 0, "num": limit} if limit is not None else {}
+        merged: list[tuple[str, float]] = []
+        for status in sorted(FINAL):
+            key = self.status_key(status)
+            if newest:
+                rows = self.redis.zrevrangebyscore(key, high, low, withscores=True, **page)
+            else:
+                rows = self.redis.zrangebyscore(key, low, high, withscores=True, **page)
+            merged += [(i.decode() if isinstance(i, bytes) else i, score) for i, score in rows]
+        merged.sort(key=lambda row: row[1])
+        if limit is None:
+            return merged
+        return merged[-limit:] if newest else merged[:limit]
+
+    def many(self, ids: list[str]) -> list[Bundle]:
+        """The bundles with these ids that exist, in one round trip."""
+        return self._many(list(ids))
+
     def _many(self, ids: list[bytes | str]) -> list[Bundle]:
         if not ids:
             return []
@@ -252,7 +296,7 @@ class BundleStore:
             new.version,
             new.model_dump_json(),
             str(new.status),
-            updated,
+            _score(new),
             new.vip_bundle_id,
             event.name() if event else "",
             _json(message) if message else "",
@@ -288,6 +332,15 @@ class BundleStore:
         """
         return int(self.redis.hincrby(self._bundle_key(bundle_id), f"starts:{step}", 1))
 
+    def audit_cursor(self) -> float | None:
+        """The settle time up to which the periodic audit has looked (None: never ran)."""
+        value = self.redis.get(f"{self.prefix}audit:cursor")
+        return float(value) if value is not None else None
+
+    def advance_audit_cursor(self, settled_until: float) -> float:
+        """Move the cursor to `settled_until` unless it is further already; where it is now."""
+        return float(self._advance(keys=[f"{self.prefix}audit:cursor"], args=[repr(settled_until)]))
+
     def first_time(self, message_id: str, ttl_s: int = 7 * 24 * 3600) -> bool:
         """True the first time a message id is seen (duplicate-delivery guard)."""
         return bool(self.redis.set(f"{self.prefix}seen:{message_id}", 1, nx=True, ex=ttl_s))
@@ -295,6 +348,14 @@ class BundleStore:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _score(bundle: Bundle) -> float:
+    # A final status is scored by when the bundle settled, so noting drift later neither moves
+    # it among the recent ones nor past the audit's cursor; elsewhere by its last change (the
+    # reconciler's "unchanged for").
+    at = bundle.status_since() if bundle.status in FINAL else bundle.updated_at
+    return at.timestamp()
 
 
 def _json(message: dict) -> str:

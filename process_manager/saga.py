@@ -11,7 +11,16 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from process_manager.bundle import IN_FLIGHT, ROLLBACK, Bundle, Failure, HistoryEntry, Status
+from process_manager.audit import Finding
+from process_manager.bundle import (
+    IN_FLIGHT,
+    ROLLBACK,
+    Bundle,
+    Drift,
+    Failure,
+    HistoryEntry,
+    Status,
+)
 from process_manager.messages import (
     BookFlight,
     BookingFailed_v1,
@@ -26,6 +35,7 @@ from process_manager.messages import (
     FlightBooked_v1,
     FlightBookingFailed_v1,
     FlightTicketsCancelled_v1,
+    LedgerDriftDetected_v1,
     Leg,
     RefundTicket,
     RollbackResumed,
@@ -64,6 +74,11 @@ TRANSITIONS: dict[tuple[Status, type[Event]], Status] = {
     (S.COMPENSATION_FAILED, RollbackResumed): S.ROLLING_BACK,
     # An operator's resume of a bundle in flight: noted (who, when), the state stays.
     **{(s, BundleResumed): s for s in sorted(IN_FLIGHT)},
+    # The audit found a partner's records disagreeing with a settled bundle: noted, once per
+    # finding (a repeat is refused), the status stays (process_manager/audit.py).
+    (S.FINALIZED, LedgerDriftDetected_v1): S.FINALIZED,
+    (S.FAILED, LedgerDriftDetected_v1): S.FAILED,
+    (S.CANCELLED, LedgerDriftDetected_v1): S.CANCELLED,
 }
 
 # The forward path: which step runs in which state, in chain order.
@@ -305,6 +320,21 @@ def failed(bundle: Bundle) -> Event:
     )
 
 
+def drift_detected(bundle: Bundle, finding: Finding) -> Event | None:
+    """The event for a finding not yet recorded on this bundle, as audited; else None."""
+    if finding.status is not bundle.status or any(d.key == finding.key for d in bundle.drift):
+        return None
+    return _new(
+        bundle,
+        LedgerDriftDetected_v1,
+        f"drift-{finding.key}",
+        kind=finding.kind.value,
+        finding_key=finding.key,
+        description=finding.description,
+        record=finding.record,
+    )
+
+
 # --- applying an event to the bundle ------------------------------------------------------------
 
 
@@ -388,6 +418,15 @@ def _changes(bundle: Bundle, event: Event) -> dict[str, Any]:
             if pending_compensations(bundle):
                 raise IllegalTransition("compensations are still pending")
             return {}
+        case LedgerDriftDetected_v1(
+            finding_key=key, kind=kind, description=description, record=record, header=header
+        ):
+            if any(d.key == key for d in bundle.drift):
+                raise IllegalTransition(f"drift {key} is already recorded")
+            drift = Drift(
+                key=key, kind=kind, description=description, record=record, at=header.published_at
+            )
+            return {"drift": [*bundle.drift, drift]}
         case _:
             return {}
 
@@ -398,7 +437,7 @@ def _check_leg(bundle: Bundle, leg: Leg) -> None:
 
 
 def _detail(event: Event) -> str | None:
-    for field in ("reason", "ticket_id", "leg", "by"):
+    for field in ("reason", "ticket_id", "leg", "finding_key", "by"):
         value = getattr(event, field, None)
         if value is not None:
             return f"{field}={value}"

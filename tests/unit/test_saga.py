@@ -167,7 +167,8 @@ def test_idempotency_keys_come_from_business_ids_only():
 
 
 def test_every_state_has_a_way_out_in_the_table():
-    # A way out leads elsewhere: self-loops (a noted failure, an operator's resume) do not count.
+    # A way out leads elsewhere: self-loops (a noted failure, an operator's resume, drift the
+    # audit found on a final bundle) do not count.
     sources = {state for (state, _), target in saga.TRANSITIONS.items() if target != state}
     # CANCELLING gets its transitions with cancellation (issue 10).
     assert set(Status) - sources == {
