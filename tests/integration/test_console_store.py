@@ -12,6 +12,7 @@ from redis import Redis
 
 from adapters.store import BundleStore
 from process_manager import saga
+from process_manager.audit import Finding, Kind
 from process_manager.bundle import Bundle, Status
 from process_manager.messages import Event, Leg
 from tests.factories import fresh_bundle
@@ -137,3 +138,24 @@ def test_the_in_flight_index_holds_unsettled_bundles_by_creation_time(store: Bun
 
     step(store, bundle, saga.failed(bundle))
     assert store.oldest_in_flight() == pytest.approx(other.created_at.timestamp())
+
+
+def test_drift_the_audit_records_is_counted_for_its_alert(store: BundleStore):
+    bundle = create(store)
+    bundle = step(store, bundle, saga.booking_failed(bundle, "sold out"))
+    bundle = step(store, bundle, saga.failed(bundle))
+    finding = Finding(
+        vip_bundle_id=bundle.vip_bundle_id,
+        status=bundle.status,
+        kind=Kind.FLIGHT_TICKET_ACTIVE,
+        key="flight_ticket_active:t-9",
+        description="flight ticket t-9 is still active",
+        record={"ticket_id": "t-9"},
+    )
+    applied = store.apply(bundle.vip_bundle_id, lambda b: saga.drift_detected(b, finding))
+    assert applied.event is not None
+    # Recorded once: the same finding again changes nothing and counts nothing.
+    store.apply(bundle.vip_bundle_id, lambda b: saga.drift_detected(b, finding))
+
+    assert store.event_counts()["LedgerDriftDetected_v1"] == 1
+    assert store.recent_moves(15)["failed>failed"] == 1
