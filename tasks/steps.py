@@ -24,6 +24,7 @@ from process_manager.messages import (
     Event,
     FinalizeVipBundle,
     FlightBookingFailed_v1,
+    Leg,
 )
 from tasks.celery_app import app, store
 
@@ -116,7 +117,7 @@ def finish_rollback(bundle: Bundle) -> None:
 
 _STEP_OF_TASK: dict[str, Callable[[tuple[Any, ...]], str]] = {
     "vip_bundle.book_show_tickets": lambda _: "book_show_tickets",
-    "vip_bundle.book_flight": lambda args: f"book_{args[1]}_flight",
+    "vip_bundle.book_flight": lambda args: f"book_{Leg(args[1])}_flight",
     "vip_bundle.finalize": lambda _: "finalize",
     "vip_bundle.compensation.refund_ticket": lambda _: "refund_ticket",
     "vip_bundle.compensation.cancel_flight_tickets": lambda _: "cancel_flight_tickets",
@@ -137,6 +138,6 @@ def _step_ended(task_id: str, task: Any, args: tuple[Any, ...] = (), **_: Any) -
     if started is not None:
         try:
             step = _STEP_OF_TASK[task.name](tuple(args or ()))
-        except IndexError:
-            return  # a malformed message: not a step worth a series of its own
+        except (IndexError, ValueError):
+            return  # a malformed message: no series of its own (labels stay a closed set)
         METER.step(step, time.perf_counter() - started)
