@@ -291,7 +291,7 @@ def test_the_reconciler_takes_bundles_up_through_the_same_function(
     api: httpx.Client, sim: SimulatorClient, saga: Saga
 ):
     stuck = parked(api, sim)["vip_bundle_id"]
-    sim.set_latency(300)
+    sim.set_latency(1000)  # still in flight when the reconciler's process has started
     body = request()
     in_flight = book(api, body)
     # One reconciler pass, as beat's task runs it, told that nothing is recent enough to wait.
