@@ -18,6 +18,8 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from adapters.metrics import METER, partner_of
+
 
 class PartnerError(Exception):
     """Anything a partner call can end in besides success."""
@@ -268,19 +270,26 @@ class Partners:
             retry=retry_if_exception_type((_Transient, httpx.TransportError)),
             reraise=True,
         )
+        partner = partner_of(path)
         try:
             for attempt in retrying:
                 with attempt:
-                    response = self.http.request(
-                        method, path, json=body, headers=headers, params=params
-                    )
-                    if response.status_code >= 500:
-                        raise _Transient(f"{method} {path}: {response.status_code}")
+                    try:
+                        response = self.http.request(
+                            method, path, json=body, headers=headers, params=params
+                        )
+                        if response.status_code >= 500:
+                            raise _Transient(f"{method} {path}: {response.status_code}")
+                    except (_Transient, httpx.TransportError):
+                        METER.partner_call(partner, "transient")  # one failed try
+                        raise
         except (_Transient, httpx.TransportError) as exc:
+            METER.partner_call(partner, "gave_up")
             raise PartnerUnavailable(
                 f"{method} {path}: failed {self.attempts} times, last: {exc!r}"
             ) from None
         status = response.status_code
+        METER.partner_call(partner, "ok" if status in ok else "refused")
         if status == 409 and on_409 is not None:
             raise on_409
         if status not in ok:

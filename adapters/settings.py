@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     task_time_limit_s: int = 300
     result_expires_s: int = 7 * 24 * 3600
 
+    # The operator's console links to Flower here.
+    flower_url: str = "http://127.0.0.1:5555"
+    # How often the console refreshes its numbers (from /dashboard.json).
+    console_refresh_s: float = Field(default=5.0, gt=0)
+
     @property
     def broker(self) -> str:
         return self.broker_url or self.redis_url

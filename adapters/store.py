@@ -16,13 +16,17 @@ from dataclasses import dataclass
 from redis import Redis
 
 from process_manager import saga
-from process_manager.bundle import FINAL, Bundle, Status
+from process_manager.bundle import FINAL, IN_FLIGHT, Bundle, Status
 from process_manager.messages import Event
 
 _TRANSITION = """
--- KEYS: bundle hash, old status index, new status index, events stream
+-- KEYS: bundle hash, old status index, new status index, events stream,
+--       event counters (hash), this minute's moves (hash), in-flight index,
+--       [on creation only: booking-id index (hash), email index, correlation index]
 -- ARGV: expected version, new version, doc, new status, score, bundle id,
---       event name, event json ('' = not published), stream maxlen
+--       event name, event json ('' = not published), stream maxlen,
+--       move ('from>to', '' on creation), moves ttl, created score, in flight ('1' or ''),
+--       [on creation only: booking id]
 local current = redis.call('HGET', KEYS[1], 'version')
 if current == false then current = '0' end
 if current ~= ARGV[1] then return current end
@@ -33,8 +37,30 @@ if ARGV[8] ~= '' then
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*',
              'event_name', ARGV[7], 'vip_bundle_id', ARGV[6], 'data', ARGV[8])
 end
+-- Counters for /metrics and the dashboard, paid inside this round trip.
+if ARGV[7] ~= '' then redis.call('HINCRBY', KEYS[5], ARGV[7], 1) end
+if ARGV[10] ~= '' then
+  redis.call('HINCRBY', KEYS[6], ARGV[10], 1)
+  redis.call('EXPIRE', KEYS[6], ARGV[11])
+end
+-- Unsettled bundles by creation time (the oldest one's age is a gauge); parked ones are out.
+if ARGV[13] == '1' then
+  redis.call('ZADD', KEYS[7], 'NX', ARGV[12], ARGV[6])
+else
+  redis.call('ZREM', KEYS[7], ARGV[6])
+end
+-- Search indexes: these fields never change after creation, so they are written once, here.
+if #KEYS > 7 then
+  redis.call('HSET', KEYS[8], ARGV[14], ARGV[6])
+  redis.call('ZADD', KEYS[9], ARGV[12], ARGV[6])
+  redis.call('ZADD', KEYS[10], ARGV[12], ARGV[6])
+end
 return 'ok'
 """
+
+# Per-minute buckets of (from>to) moves live this long: the dashboard shows the last 15 minutes.
+MOVES_TTL_S = 3600
+MAX_SEARCH = 500  # matches fetched per indexed field
 
 # Moves the audit cursor forward only: a slow audit run finishing after a later one must not
 # send the next run back over what was done (that would only cost time: findings are recorded
@@ -75,8 +101,31 @@ class BundleStore:
     def _bundle_key(self, bundle_id: str) -> str:
         return f"{self.prefix}bundle:{bundle_id}"
 
-    def _status_key(self, status: Status | str) -> str:
+    def status_key(self, status: Status | str) -> str:
         return f"{self.prefix}status:{status}"
+
+    @property
+    def event_counts_key(self) -> str:
+        """Hash: event name -> how many times it was applied (every transition, ever)."""
+        return f"{self.prefix}counts:events"
+
+    def moves_key(self, minute: int) -> str:
+        """Hash: 'from>to' -> transitions in that minute (epoch minutes), kept MOVES_TTL_S."""
+        return f"{self.prefix}counts:moves:{minute}"
+
+    @property
+    def in_flight_key(self) -> str:
+        """Sorted set of bundles neither settled nor parked, scored by creation time."""
+        return f"{self.prefix}in-flight"
+
+    def _booking_index(self) -> str:
+        return f"{self.prefix}index:booking"
+
+    def _email_index(self, email: str) -> str:
+        return f"{self.prefix}index:email:{email.strip().lower()}"
+
+    def _correlation_index(self, correlation_id: str) -> str:
+        return f"{self.prefix}index:correlation:{correlation_id}"
 
     # --- reads ---
     def get(self, bundle_id: str) -> Bundle | None:
@@ -91,16 +140,64 @@ class BundleStore:
 
     def list(self, status: Status, offset: int = 0, limit: int = 50) -> list[Bundle]:
         """Bundles in `status`, most recently changed first."""
-        ids = self.redis.zrevrange(self._status_key(status), offset, offset + limit - 1)
+        ids = self.redis.zrevrange(self.status_key(status), offset, offset + limit - 1)
         return self._many(ids)
 
     def count(self, status: Status) -> int:
-        return int(self.redis.zcard(self._status_key(status)))
+        return int(self.redis.zcard(self.status_key(status)))
+
+    def counts(self) -> dict[Status, int]:
+        """Bundles in every status, from the status indexes (one round trip, no scan)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for status in Status:
+            pipe.zcard(self.status_key(status))
+        return {status: int(n) for status, n in zip(Status, pipe.execute(), strict=True)}
+
+    def event_counts(self) -> dict[str, int]:
+        raw = self.redis.hgetall(self.event_counts_key)
+        return {_text(k): int(v) for k, v in raw.items()}
+
+    def recent_moves(self, minutes: int = 15, now: float | None = None) -> dict[str, int]:
+        """'from>to' -> transitions over the last `minutes` minutes (this one included)."""
+        this_minute = int((now or time.time()) // 60)
+        pipe = self.redis.pipeline(transaction=False)
+        for minute in range(this_minute - minutes + 1, this_minute + 1):
+            pipe.hgetall(self.moves_key(minute))
+        total: dict[str, int] = {}
+        for bucket in pipe.execute():
+            for move, n in bucket.items():
+                total[_text(move)] = total.get(_text(move), 0) + int(n)
+        return total
+
+    def oldest_in_flight(self) -> float | None:
+        """Creation time (epoch seconds) of the oldest bundle still in flight, if any."""
+        oldest = self.redis.zrange(self.in_flight_key, 0, 0, withscores=True)
+        return float(oldest[0][1]) if oldest else None
+
+    def search(self, text: str) -> list[Bundle]:
+        """Bundles whose id, booking id, customer email (any case) or correlation id is `text`.
+
+        Each field is one indexed lookup (written when the bundle was created), newest first;
+        at most MAX_SEARCH matches per field.
+        """
+        text = text.strip()
+        if not text:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.exists(self._bundle_key(text))
+        pipe.hget(self._booking_index(), text)
+        pipe.zrevrange(self._email_index(text), 0, MAX_SEARCH - 1)
+        pipe.zrevrange(self._correlation_index(text), 0, MAX_SEARCH - 1)
+        exists, by_booking, by_email, by_correlation = pipe.execute()
+        found = [text] if exists else []
+        found += [by_booking] if by_booking else []
+        found += [*by_email, *by_correlation]
+        return self._many(list(dict.fromkeys(_text(i) for i in found)))
 
     def stale(self, status: Status, unchanged_for_s: float, limit: int = 500) -> list[str]:
         """Ids of bundles in `status` with no transition for `unchanged_for_s` seconds."""
         cutoff = time.time() - unchanged_for_s
-        ids = self.redis.zrangebyscore(self._status_key(status), "-inf", cutoff, 0, limit)
+        ids = self.redis.zrangebyscore(self.status_key(status), "-inf", cutoff, 0, limit)
         return [i.decode() if isinstance(i, bytes) else i for i in ids]
 
     def settled(
@@ -120,7 +217,7 @@ class BundleStore:
         page = {"start": 0, "num": limit} if limit is not None else {}
         merged: list[tuple[str, float]] = []
         for status in sorted(FINAL):
-            key = self._status_key(status)
+            key = self.status_key(status)
             if newest:
                 rows = self.redis.zrevrangebyscore(key, high, low, withscores=True, **page)
             else:
@@ -184,31 +281,45 @@ class BundleStore:
 
     def _write(self, old: Bundle | None, new: Bundle, event: Event | None) -> bool:
         message = event.to_message() if event is not None and event.published else None
-        result = self._transition(
-            keys=[
-                self._bundle_key(new.vip_bundle_id),
-                self._status_key(old.status if old else new.status),
-                self._status_key(new.status),
-                self.stream,
-            ],
-            args=[
-                old.version if old else 0,
-                new.version,
-                new.model_dump_json(),
-                str(new.status),
-                _score(new),
-                new.vip_bundle_id,
-                event.name() if event else "",
-                _json(message) if message else "",
-                self.stream_maxlen,
-            ],
-        )
+        updated = new.updated_at.timestamp()
+        keys = [
+            self._bundle_key(new.vip_bundle_id),
+            self.status_key(old.status if old else new.status),
+            self.status_key(new.status),
+            self.stream,
+            self.event_counts_key,
+            self.moves_key(int(updated // 60)),
+            self.in_flight_key,
+        ]
+        args: list[str | int | float] = [
+            old.version if old else 0,
+            new.version,
+            new.model_dump_json(),
+            str(new.status),
+            _score(new),
+            new.vip_bundle_id,
+            event.name() if event else "",
+            _json(message) if message else "",
+            self.stream_maxlen,
+            f"{old.status}>{new.status}" if old else "",
+            MOVES_TTL_S,
+            new.created_at.timestamp(),
+            "1" if new.status in IN_FLIGHT else "",
+        ]
+        if old is None:
+            keys += [
+                self._booking_index(),
+                self._email_index(new.customer_email),
+                self._correlation_index(new.correlation_id),
+            ]
+            args.append(new.booking_id)
+        result = self._transition(keys=keys, args=args)
         return result in (b"ok", "ok")
 
     def touch(self, bundle: Bundle) -> None:
         """Mark the bundle as looked after now (the reconciler's "not again before ...")."""
         self.redis.zadd(
-            self._status_key(bundle.status), {bundle.vip_bundle_id: time.time()}, xx=True
+            self.status_key(bundle.status), {bundle.vip_bundle_id: time.time()}, xx=True
         )
 
     # --- housekeeping ---
@@ -233,6 +344,10 @@ class BundleStore:
     def first_time(self, message_id: str, ttl_s: int = 7 * 24 * 3600) -> bool:
         """True the first time a message id is seen (duplicate-delivery guard)."""
         return bool(self.redis.set(f"{self.prefix}seen:{message_id}", 1, nx=True, ex=ttl_s))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _score(bundle: Bundle) -> float:

@@ -195,7 +195,7 @@ class Bench:
         st = store()
         sample = ids[:200]
         doc = sum(_memory(self.r, st._bundle_key(b)) for b in sample) / len(sample)
-        index_key = st._status_key(status)
+        index_key = st.status_key(status)
         index = _memory(self.r, index_key) / max(int(self.r.zcard(index_key)), 1)
         stream = (_memory(self.r, st.stream) - before["stream"]) / len(ids)
         # Other keys, by kind ("celery-task-meta-...", "starts:...", "seen:..."): each kind's

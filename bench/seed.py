@@ -45,7 +45,7 @@ def seed(r: redis.Redis, st: BundleStore, target: int, request: dict[str, object
         template.vip_bundle_id,
         template.booking_id,
     )
-    index = st._status_key(Status.FINALIZED)  # the store's own layout, so seeds never drift
+    index = st.status_key(Status.FINALIZED)  # the store's own layout, so seeds never drift
     now = time.time()
     pipe = r.pipeline(transaction=False)
     for i in range(missing):

@@ -277,9 +277,18 @@ class StepFailed(Event):
 
 
 class RollbackResumed(Event):
-    """A parked rollback taken up again by the reconciler (history only)."""
+    """A parked rollback taken up again, by the reconciler or an operator (history only)."""
 
     published: ClassVar[bool] = False
+    by: str | None = None  # who asked: an operator's key name or `cli@host`; None = reconciler
+
+
+class BundleResumed(Event):
+    """An operator had a bundle in flight take up its next step (or pending undos) now
+    (history only: who and when)."""
+
+    published: ClassVar[bool] = False
+    by: str
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -298,6 +307,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         LedgerDriftDetected_v1,
         StepFailed,
         RollbackResumed,
+        BundleResumed,
     )
 }
 

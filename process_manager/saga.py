@@ -12,12 +12,21 @@ from datetime import datetime
 from typing import Any
 
 from process_manager.audit import Finding
-from process_manager.bundle import ROLLBACK, Bundle, Drift, Failure, HistoryEntry, Status
+from process_manager.bundle import (
+    IN_FLIGHT,
+    ROLLBACK,
+    Bundle,
+    Drift,
+    Failure,
+    HistoryEntry,
+    Status,
+)
 from process_manager.messages import (
     BookFlight,
     BookingFailed_v1,
     BookingMade_v1,
     BookShowTickets,
+    BundleResumed,
     CancelFlightTickets,
     Command,
     CompensationFailed_v1,
@@ -63,6 +72,8 @@ TRANSITIONS: dict[tuple[Status, type[Event]], Status] = {
     (S.COMPENSATION_FAILED, FlightTicketsCancelled_v1): S.COMPENSATION_FAILED,
     (S.COMPENSATION_FAILED, CompensationFailed_v1): S.COMPENSATION_FAILED,
     (S.COMPENSATION_FAILED, RollbackResumed): S.ROLLING_BACK,
+    # An operator's resume of a bundle in flight: noted (who, when), the state stays.
+    **{(s, BundleResumed): s for s in sorted(IN_FLIGHT)},
     # The audit found a partner's records disagreeing with a settled bundle: noted, once per
     # finding (a repeat is refused), the status stays (process_manager/audit.py).
     (S.FINALIZED, LedgerDriftDetected_v1): S.FINALIZED,
@@ -275,8 +286,13 @@ def compensation_failed(bundle: Bundle, step: str, reason: str) -> Event:
     return _new(bundle, CompensationFailed_v1, f"compensation-failed-{n}", step=step, reason=reason)
 
 
-def rollback_resumed(bundle: Bundle) -> Event:
-    return _new(bundle, RollbackResumed, f"rollback-resumed-{bundle.compensation_failures}")
+def rollback_resumed(bundle: Bundle, by: str | None = None) -> Event:
+    return _new(bundle, RollbackResumed, f"rollback-resumed-{bundle.compensation_failures}", by=by)
+
+
+def resumed(bundle: Bundle, by: str) -> Event:
+    """An operator's "take this bundle up now" on a bundle in flight (history only)."""
+    return _new(bundle, BundleResumed, f"resumed-{bundle.version}", by=by)
 
 
 def finalized(bundle: Bundle) -> Event:
@@ -393,8 +409,11 @@ def _changes(bundle: Bundle, event: Event) -> dict[str, Any]:
             return {"cancelled_legs": [*bundle.cancelled_legs, leg], "flight_tickets": tickets}
         case StepFailed(reason=reason):
             return {"step_failures": bundle.step_failures + 1, "last_error": reason}
-        case CompensationFailed_v1():
-            return {"compensation_failures": bundle.compensation_failures + 1}
+        case CompensationFailed_v1(step=step, reason=reason):
+            return {
+                "compensation_failures": bundle.compensation_failures + 1,
+                "last_error": f"{step}: {reason}",
+            }
         case VipBundleFailed_v1():
             if pending_compensations(bundle):
                 raise IllegalTransition("compensations are still pending")
@@ -418,7 +437,7 @@ def _check_leg(bundle: Bundle, leg: Leg) -> None:
 
 
 def _detail(event: Event) -> str | None:
-    for field in ("reason", "ticket_id", "leg", "finding_key"):
+    for field in ("reason", "ticket_id", "leg", "finding_key", "by"):
         value = getattr(event, field, None)
         if value is not None:
             return f"{field}={value}"

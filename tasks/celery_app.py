@@ -10,9 +10,15 @@ import logging
 from functools import cache
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 from redis import Redis
 
+from adapters.metrics import METER
 from adapters.partners import Partners
 from adapters.settings import get_settings
 from adapters.store import BundleStore
@@ -51,8 +57,21 @@ def compensation_partners() -> Partners:
     )
 
 
+@worker_init.connect
+def _send_metrics_to_redis(**_: object) -> None:
+    # Workers sum their metrics in memory and send them to Redis in batches
+    # (adapters/metrics.py); other processes (the API, the CLI, tests) send none.
+    METER.configure(lambda: (redis_client(), get_settings().key_prefix))
+
+
 @worker_process_init.connect
 def _fresh_clients_after_fork(**_: object) -> None:
     # Sockets must not be shared with the parent process across a fork.
     for getter in (redis_client, store, partners, compensation_partners):
         getter.cache_clear()
+
+
+@worker_process_shutdown.connect
+@worker_shutdown.connect
+def _send_last_metrics(**_: object) -> None:
+    METER.flush_quietly()  # a worker stopping must not fail on its metrics

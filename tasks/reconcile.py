@@ -4,6 +4,7 @@ It works from the stored state only. A bundle in flight with no transition for
 `STALE_AFTER_S` gets the rest of its chain (or its pending undos) sent again; the steps are
 idempotent, so a step that was merely slow is not done twice. A parked bundle
 (`compensation_failed`) is taken up again after a backoff that doubles with each failure.
+Both go through `tasks.saga.take_up`, the same function as an operator's resume.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 import time
 
 from adapters.settings import get_settings
-from process_manager import saga
 from process_manager.bundle import Bundle, Status
 from tasks.celery_app import app, store
-from tasks.saga import run_forward, run_rollback
+from tasks.saga import take_up
 from tasks.steps import log
 
 FORWARD = (Status.INITIALIZED, Status.BOOKING_MADE, Status.INBOUND_BOOKED, Status.RETURN_BOOKED)
+# Statuses in which a bundle left alone for STALE_AFTER_S is taken up, and what that counts as.
+STALE = {**dict.fromkeys(FORWARD, "resumed"), Status.ROLLING_BACK: "rollbacks_resumed"}
 
 
 def parked_retry_due(bundle: Bundle, now: float) -> bool:
@@ -33,24 +35,16 @@ def reconcile() -> dict[str, int]:
     """One pass over stale and parked bundles. Returns how many of each it took up."""
     s, st, now = get_settings(), store(), time.time()
     counts = {"resumed": 0, "rollbacks_resumed": 0, "parked_retried": 0}
-    for status in FORWARD:
+    for status, count in STALE.items():
         for bundle_id in st.stale(status, s.stale_after_s):
             if (bundle := st.get(bundle_id)) is not None and bundle.status is status:
-                st.touch(bundle)  # not again before the next STALE_AFTER_S
-                run_forward(bundle)
-                counts["resumed"] += 1
-    for bundle_id in st.stale(Status.ROLLING_BACK, s.stale_after_s):
-        if (bundle := st.get(bundle_id)) is not None and bundle.status is Status.ROLLING_BACK:
-            st.touch(bundle)
-            run_rollback(bundle)
-            counts["rollbacks_resumed"] += 1
+                take_up(bundle)
+                counts[count] += 1
     for bundle_id in st.stale(Status.COMPENSATION_FAILED, s.parked_retry_base_s):
         bundle = st.get(bundle_id)
         if bundle is None or not parked_retry_due(bundle, now):
             continue
-        applied = st.apply(bundle_id, saga.rollback_resumed)
-        if applied.event is not None:
-            run_rollback(applied.bundle)
+        if take_up(bundle).status is not Status.COMPENSATION_FAILED:
             counts["parked_retried"] += 1
     if any(counts.values()):
         log.info("reconcile: %s", counts)

@@ -22,13 +22,14 @@ from celery.canvas import Signature
 from adapters.partners import NoFlightTicketsAvailable, ShowSoldOut
 from adapters.settings import get_settings
 from process_manager import saga
-from process_manager.bundle import ROLLBACK, Bundle
+from process_manager.bundle import ROLLBACK, Bundle, Status
 from process_manager.messages import (
     BookFlight,
     BookingFailed_v1,
     BookShowTickets,
     CancelFlightTickets,
     Command,
+    Event,
     FinalizeVipBundle,
     FlightBookingFailed_v1,
     InvalidRequest,
@@ -150,6 +151,50 @@ def run_rollback(bundle: Bundle) -> None:
         group(undo).apply_async()
     else:
         finish_rollback(bundle)
+
+
+# --- taking a bundle up again: the reconciler and the operator's resume --------------------------
+
+
+def take_up(bundle: Bundle, by: str | None = None) -> Bundle:
+    """Take a bundle up now: the one way the reconciler and operators restart a saga.
+
+    A parked bundle is resumed (`RollbackResumed`) and its pending undos sent. A bundle in flight
+    gets the rest of its chain (or its pending undos) sent again; the steps are idempotent, so a
+    step merely slow is not done twice. `by` names an operator: their request is recorded in the
+    history (`BundleResumed` / `RollbackResumed` with `by=...`, through the atomic transition);
+    without it (the reconciler) the bundle is only marked as looked after now. A final bundle is
+    left alone. Returns the bundle as stored after the step.
+    """
+    st = store()
+    if bundle.status is Status.COMPENSATION_FAILED:
+        applied = st.apply(bundle.vip_bundle_id, lambda b: _resume_parked(b, by), current=bundle)
+        if applied.event is None and by is None:
+            return applied.bundle  # someone else took it up meanwhile
+        bundle = applied.bundle
+    elif by is not None:
+        # A BundleResumed refused (the bundle settled meanwhile) records nothing.
+        bundle = st.apply(
+            bundle.vip_bundle_id, lambda b: saga.resumed(b, by), current=bundle
+        ).bundle
+    else:
+        st.touch(bundle)  # not again before the next STALE_AFTER_S
+    _send_next(bundle)
+    return bundle
+
+
+def _resume_parked(bundle: Bundle, by: str | None) -> Event | None:
+    if bundle.status is Status.COMPENSATION_FAILED:
+        return saga.rollback_resumed(bundle, by)
+    # No longer parked (a rival took it up): an operator's request is still noted.
+    return saga.resumed(bundle, by) if by is not None else None
+
+
+def _send_next(bundle: Bundle) -> None:
+    if saga.remaining_steps(bundle):
+        run_forward(bundle)
+    elif bundle.status is Status.ROLLING_BACK:
+        run_rollback(bundle)
 
 
 @app.task(name="vip_bundle.compensation.complete_rollback", ignore_result=True)

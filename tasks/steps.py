@@ -6,10 +6,14 @@ overtaken by a rollback does nothing twice.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from typing import Any
 
+from celery.signals import task_postrun, task_prerun
 from celery.utils.log import get_task_logger
 
+from adapters.metrics import METER
 from adapters.settings import get_settings
 from adapters.store import Applied
 from process_manager import saga
@@ -20,6 +24,7 @@ from process_manager.messages import (
     Event,
     FinalizeVipBundle,
     FlightBookingFailed_v1,
+    Leg,
 )
 from tasks.celery_app import app, store
 
@@ -106,3 +111,33 @@ def finish_rollback(bundle: Bundle) -> None:
         applied = store().apply(bundle.vip_bundle_id, saga.failed, current=bundle)
         if applied.event is not None:
             log.info("bundle %s rolled back: failed", bundle.vip_bundle_id)
+
+
+# --- step durations (vip_bundles_step_duration_seconds) -----------------------------------------
+
+_STEP_OF_TASK: dict[str, Callable[[tuple[Any, ...]], str]] = {
+    "vip_bundle.book_show_tickets": lambda _: "book_show_tickets",
+    "vip_bundle.book_flight": lambda args: f"book_{Leg(args[1])}_flight",
+    "vip_bundle.finalize": lambda _: "finalize",
+    "vip_bundle.compensation.refund_ticket": lambda _: "refund_ticket",
+    "vip_bundle.compensation.cancel_flight_tickets": lambda _: "cancel_flight_tickets",
+}
+_started: dict[str, float] = {}
+
+
+@task_prerun.connect
+def _step_started(task_id: str, task: Any, **_: Any) -> None:
+    if task.name in _STEP_OF_TASK:
+        _started[task_id] = time.perf_counter()
+
+
+@task_postrun.connect
+def _step_ended(task_id: str, task: Any, args: tuple[Any, ...] = (), **_: Any) -> None:
+    # Every end counts (done, skipped, failed): the time a worker spent on the step.
+    started = _started.pop(task_id, None)
+    if started is not None:
+        try:
+            step = _STEP_OF_TASK[task.name](tuple(args or ()))
+        except (IndexError, ValueError):
+            return  # a malformed message: no series of its own (labels stay a closed set)
+        METER.step(step, time.perf_counter() - started)

@@ -3,6 +3,11 @@
     POST /book-vip-bundle              -> 201 {"vip_bundle_id", "booking_id"} | 422 {"errors"}
     GET  /vip-bundles/{vip_bundle_id}  -> 200 the bundle (JSON, or an HTML page for a browser)
     GET  /vip-bundles?status=failed    -> 200 a page of bundle summaries
+    GET  /vip-bundles?q=TEXT           -> 200 bundles whose id, booking id, email or correlation
+                                          id is TEXT, whatever their status
+    POST /vip-bundles/{id}/resume      -> 202 {"vip_bundle_id", "status"} | 404 | 409 (final)
+    GET  /                             -> the operator's console (HTML); /dashboard.json its data
+    GET  /metrics                      -> Prometheus text format
     GET  /health                       -> 200 when Redis answers
 
 Every error, FastAPI's own included, answers `{"errors": [{"field", "message"}]}`. Nothing
@@ -19,21 +24,33 @@ from typing import Annotated, Any
 import uvicorn
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel
 from redis import RedisError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from adapters.metrics import RedisCollector
 from adapters.settings import get_settings
-from process_manager.bundle import Status
-from process_manager.messages import BookVipBundle, InvalidRequest, parse_request
+from process_manager.bundle import FINAL, Status
+from process_manager.messages import BookVipBundle, InvalidRequest, parse_request, utcnow
 from vip_bundles.access import DoorGuard, is_loopback, parse_api_keys
-from vip_bundles.views import bundle_summary, bundle_view, page_context, render
+from vip_bundles.views import (
+    MOVES_WINDOW_MIN,
+    bundle_summary,
+    bundle_view,
+    console_context,
+    console_data,
+    page_context,
+    render,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_PAGE = 500
+MAX_QUERY = 320  # the longest search text worth looking up (an email address is at most 254)
+CONSOLE_LIST = 20  # rows in each of the console's lists
 UNKNOWN_BUNDLE = "unknown vip bundle"
 
 
@@ -135,16 +152,29 @@ def create_app(api_keys: str | None = None) -> FastAPI:
             return HTMLResponse(render("bundle.html", **page_context(bundle)), headers=vary)
         return JSONResponse(bundle_view(bundle), headers=vary)
 
-    @app.get("/vip-bundles", responses=ERRORS_422)
+    @app.get("/vip-bundles", responses=ERRORS_422, response_model=None)
     def list_vip_bundles(
-        status: Annotated[Status, Query()],
+        status: Annotated[Status | None, Query()] = None,
+        q: Annotated[str | None, Query(min_length=1, max_length=MAX_QUERY)] = None,
         offset: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-    ) -> dict[str, Any]:
-        """Bundles in one status, most recently changed first."""
+    ) -> Response | dict[str, Any]:
+        """Bundles in one status, most recently changed first; or, with `q`, the bundles whose
+        id, booking id, customer email (any case) or correlation id is exactly `q`."""
         from tasks.celery_app import store
 
         st = store()
+        if q is not None:
+            found = st.search(q)
+            return {
+                "q": q,
+                "total": len(found),
+                "offset": offset,
+                "limit": limit,
+                "items": [bundle_summary(b) for b in found[offset : offset + limit]],
+            }
+        if status is None:
+            return errors_response(422, [error("status", "give status=... or q=...")])
         return {
             "status": status.value,
             "total": st.count(status),
@@ -152,6 +182,58 @@ def create_app(api_keys: str | None = None) -> FastAPI:
             "limit": limit,
             "items": [bundle_summary(b) for b in st.list(status, offset, limit)],
         }
+
+    @app.post(
+        "/vip-bundles/{vip_bundle_id}/resume",
+        status_code=202,
+        responses={404: {"model": Errors}, 409: {"model": Errors}, **ERRORS_422},
+    )
+    def resume_vip_bundle(vip_bundle_id: str, request: Request) -> JSONResponse:
+        """Take a bundle up now: a parked one is resumed, one in flight has its next step (or
+        pending undos) sent again. Recorded in its history with who asked."""
+        from tasks.celery_app import store
+        from tasks.saga import take_up
+
+        bundle = store().get(vip_bundle_id)
+        if bundle is None:
+            return errors_response(404, [error("vip_bundle_id", UNKNOWN_BUNDLE)])
+        if bundle.status in FINAL:
+            return errors_response(409, [error("status", f"the bundle is {bundle.status}")])
+        by = getattr(request.state, "api_key_name", "local")
+        taken = take_up(bundle, by=by)
+        log.info("resume %s by %s: %s", vip_bundle_id, by, taken.status)
+        if taken.status in FINAL:  # it settled while we looked: nothing was taken up
+            return errors_response(409, [error("status", f"the bundle is {taken.status}")])
+        return JSONResponse(
+            {"vip_bundle_id": vip_bundle_id, "status": taken.status.value}, status_code=202
+        )
+
+    @app.get("/", response_class=HTMLResponse, responses=ERRORS_422)
+    def console(q: Annotated[str | None, Query(max_length=MAX_QUERY)] = None) -> HTMLResponse:
+        """The operator's console: the fleet on the saga's diagram, parked and recent failures,
+        search. It refreshes its numbers from /dashboard.json."""
+        from tasks.celery_app import store
+
+        s = get_settings()
+        found = store().search(q)[:MAX_PAGE] if q and q.strip() else None
+        links = {"flower": s.flower_url, "metrics": "metrics", "json": "dashboard.json"}
+        context = console_context(_console_data(), q, found, links)
+        page = render("dashboard.html", **context, refresh_ms=int(s.console_refresh_s * 1000))
+        return HTMLResponse(page)
+
+    @app.get("/dashboard.json")
+    def console_json() -> dict[str, Any]:
+        """The console's numbers and lists (what the page refreshes itself with)."""
+        return _console_data()
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics() -> Response:
+        """Prometheus text format, summed over every worker through Redis."""
+        from tasks.celery_app import store
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(RedisCollector(store()))
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health", responses={503: {"model": Errors}})
     def health() -> dict[str, str]:
@@ -161,6 +243,20 @@ def create_app(api_keys: str | None = None) -> FastAPI:
         return {"status": "ok", "redis": "ok"}
 
     return app
+
+
+def _console_data() -> dict[str, Any]:
+    from tasks.celery_app import store
+
+    st = store()
+    return console_data(
+        counts=st.counts(),
+        moves=st.recent_moves(MOVES_WINDOW_MIN),
+        parked=st.list(Status.COMPENSATION_FAILED, 0, CONSOLE_LIST),
+        failed=st.list(Status.FAILED, 0, CONSOLE_LIST),
+        cancelled=st.list(Status.CANCELLED, 0, CONSOLE_LIST),
+        now=utcnow(),
+    )
 
 
 def configured_api_keys() -> str | None:

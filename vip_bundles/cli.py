@@ -251,6 +251,45 @@ def audit(
 
 
 @cli.command()
+def resume(vip_bundle_id: str) -> None:
+    """Take a bundle up now: a parked one is resumed, one in flight has its next step sent again."""
+    import socket
+
+    from process_manager.bundle import FINAL
+    from tasks.celery_app import store
+    from tasks.saga import take_up
+
+    bundle = store().get(vip_bundle_id)
+    if bundle is None:
+        console.print(f"[red]no vip bundle {vip_bundle_id}[/]")
+        raise typer.Exit(1)
+    if bundle.status in FINAL:
+        console.print(f"[red]{vip_bundle_id} is {bundle.status}: nothing to resume[/]")
+        raise typer.Exit(1)
+    taken = take_up(bundle, by=f"cli@{socket.gethostname()}")
+    console.print(f"{vip_bundle_id}: taken up ({bundle.status} -> {taken.status})")
+
+
+@cli.command()
+def stats() -> None:
+    """How many bundles are in each status (from the status indexes: no scan)."""
+    from process_manager.bundle import FINAL, IN_FLIGHT, Status
+    from tasks.celery_app import store
+
+    st = store()
+    counts = st.counts()
+    table = Table(title=f"{sum(counts.values())} bundles")
+    table.add_column("status")
+    table.add_column("kind")
+    table.add_column("bundles", justify="right")
+    for s in Status:
+        kind = "in flight" if s in IN_FLIGHT else "final" if s in FINAL else "parked"
+        style = "bold yellow" if s is Status.COMPENSATION_FAILED and counts[s] else None
+        table.add_row(s.value, kind, f"{counts[s]:,}", style=style)
+    console.print(table)
+
+
+@cli.command()
 def simulator(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8888,

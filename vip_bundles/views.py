@@ -6,14 +6,15 @@ Pure functions from a `Bundle` (and the saga's TRANSITIONS) to plain data; the r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from process_manager import saga
-from process_manager.bundle import Bundle, Status
+from process_manager.bundle import IN_FLIGHT, Bundle, Status
 from process_manager.messages import CancelFlightTickets, Leg, RefundTicket
 
 # --- JSON views ----------------------------------------------------------------------------------
@@ -171,20 +172,22 @@ def timeline(bundle: Bundle) -> list[dict[str, Any]]:
 
 S = Status
 NODE_W, NODE_H = 150, 44
-# Forward path along the top, rollback below it, final states in the right column.
+# Forward path along the top, rollback below it, final states in the right column (a little
+# further out: the widest edge label, VipBundleFinalized, sits before it).
 LAYOUT: dict[Status, tuple[int, int]] = {
-    S.INITIALIZED: (95, 70),
-    S.BOOKING_MADE: (345, 70),
-    S.INBOUND_BOOKED: (595, 70),
-    S.RETURN_BOOKED: (845, 70),
-    S.FINALIZED: (1095, 70),
-    S.ROLLING_BACK: (595, 270),
-    S.FAILED: (1095, 270),
-    S.COMPENSATION_FAILED: (595, 440),
-    S.CANCELLING: (845, 440),
-    S.CANCELLED: (1095, 440),
+    S.INITIALIZED: (95, 100),
+    S.BOOKING_MADE: (355, 100),
+    S.INBOUND_BOOKED: (615, 100),
+    S.RETURN_BOOKED: (875, 100),
+    S.FINALIZED: (1150, 100),
+    S.ROLLING_BACK: (615, 300),
+    S.FAILED: (1150, 300),
+    S.COMPENSATION_FAILED: (615, 470),
+    S.CANCELLING: (875, 470),
+    S.CANCELLED: (1150, 470),
 }
-DIAGRAM_W, DIAGRAM_H = 1190, 500
+DIAGRAM_W, DIAGRAM_H = 1245, 530
+LINE_H = 12.6  # one line of an edge label (1.2em of 10.5px)
 # Self-loops sit above the top row and left of the rollback states, clear of other edges.
 LOOP_SIDE = {S.ROLLING_BACK: "left", S.COMPENSATION_FAILED: "left"}
 STATUS_KIND = {
@@ -204,7 +207,8 @@ class Edge:
     label_y: float
     anchor: str
     labels: list[str]
-    taken: bool
+    taken: bool = False
+    moves: int | None = None  # the fleet view: transitions along it lately
 
 
 def _short(event: type) -> str:
@@ -232,7 +236,8 @@ def _line(source: Status, target: Status, offset: float) -> tuple[str, float, fl
     return path, (ax + bx) / 2 + ox, (ay + by) / 2 + oy
 
 
-def _loop(status: Status) -> tuple[str, float, float, str]:
+def _loop(status: Status, lines: int) -> tuple[str, float, float, str]:
+    """A self-loop and where its label starts; a label above the node grows upwards."""
     x, y = LAYOUT[status]
     if LOOP_SIDE.get(status) == "left":
         e = x - NODE_W / 2
@@ -240,20 +245,19 @@ def _loop(status: Status) -> tuple[str, float, float, str]:
         return path, e - 50, y, "end"
     t = y - NODE_H / 2
     path = f"M{x - 22},{t} C{x - 50},{t - 45} {x + 50},{t - 45} {x + 22},{t}"
-    return path, x, t - 38, "middle"
+    return path, x, t - 38 - LINE_H * (lines - 1), "middle"
 
 
-def diagram(bundle: Bundle) -> dict[str, Any]:
-    path = [(h.from_status, h.to_status) for h in bundle.history if h.from_status is not None]
-    taken = set(path)
-    visited = {h.to_status for h in bundle.history} | {bundle.status}
+@cache
+def _edges() -> tuple[Edge, ...]:
+    """Every (from, to) of TRANSITIONS as a drawn edge, with its events as labels."""
     pairs: dict[tuple[Status, Status], list[str]] = {}
     for (source, event), target in saga.TRANSITIONS.items():
         pairs.setdefault((source, target), []).append(_short(event))
     edges = []
     for (source, target), labels in pairs.items():
         if source == target:
-            d, lx, ly, anchor = _loop(source)
+            d, lx, ly, anchor = _loop(source, len(labels))
         else:
             both_ways = (target, source) in pairs
             d, lx, ly = _line(source, target, 10 if both_ways else 0)
@@ -263,19 +267,11 @@ def diagram(bundle: Bundle) -> dict[str, Any]:
                 anchor, lx = ("start", lx + 8) if down != both_ways else ("end", lx - 8)
             else:
                 ly -= 6
-        edges.append(Edge(source, target, d, lx, ly, anchor, labels, (source, target) in taken))
-    nodes = [
-        {
-            "status": s.value,
-            "x": x,
-            "y": y,
-            "kind": STATUS_KIND.get(s, "flight"),
-            "classes": " ".join(
-                c for c, on in (("visited", s in visited), ("current", s is bundle.status)) if on
-            ),
-        }
-        for s, (x, y) in LAYOUT.items()
-    ]
+        edges.append(Edge(source, target, d, lx, ly, anchor, labels))
+    return tuple(edges)
+
+
+def _picture(edges: list[Edge], nodes: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "nodes": nodes,
         "edges": edges,
@@ -284,6 +280,51 @@ def diagram(bundle: Bundle) -> dict[str, Any]:
         "nw": NODE_W,
         "nh": NODE_H,
     }
+
+
+def _node(status: Status, **extra: Any) -> dict[str, Any]:
+    x, y = LAYOUT[status]
+    kind = STATUS_KIND.get(status, "flight")
+    return {"status": status.value, "x": x, "y": y, "kind": kind, "classes": "", **extra}
+
+
+def diagram(bundle: Bundle) -> dict[str, Any]:
+    """The state diagram with this bundle's path through it: visited states, taken edges."""
+    taken = {(h.from_status, h.to_status) for h in bundle.history if h.from_status is not None}
+    visited = {h.to_status for h in bundle.history} | {bundle.status}
+    edges = [replace(e, taken=(e.source, e.target) in taken) for e in _edges()]
+    nodes = [
+        _node(
+            s,
+            classes=" ".join(
+                c for c, on in (("visited", s in visited), ("current", s is bundle.status)) if on
+            ),
+        )
+        for s in LAYOUT
+    ]
+    return _picture(edges, nodes)
+
+
+def move_key(source: str, target: str) -> str:
+    """How the store counts a transition per minute ('from>to')."""
+    return f"{source}>{target}"
+
+
+def fleet_diagram(counts: dict[Status, int], moves: dict[str, int]) -> dict[str, Any]:
+    """The same diagram for all bundles: how many are in each state, and how many moved along
+    each edge lately (edges with moves are drawn as taken)."""
+    edges = []
+    for e in _edges():
+        n = moves.get(move_key(e.source, e.target), 0)
+        # The count is one more line on top of the label: a label above a loop moves up.
+        above = e.source == e.target and e.anchor == "middle"
+        label_y = e.label_y - LINE_H if above else e.label_y
+        edges.append(replace(e, taken=n > 0, moves=n, label_y=label_y))
+    nodes = [
+        _node(s, count=counts.get(s, 0), classes="visited" if counts.get(s, 0) else "")
+        for s in LAYOUT
+    ]
+    return _picture(edges, nodes)
 
 
 def headline(bundle: Bundle) -> dict[str, str]:
@@ -328,4 +369,62 @@ def page_context(bundle: Bundle) -> dict[str, Any]:
         ],
         "pending": _pending(bundle),
         "in_rollback": bool(bundle.failure) or bundle.status in (S.ROLLING_BACK, S.FAILED),
+    }
+
+
+# --- the operator's console (GET /) ---------------------------------------------------------------
+
+MOVES_WINDOW_MIN = 15
+
+
+def console_row(bundle: Bundle) -> dict[str, Any]:
+    """One bundle in a console list: where it is, since when, and what went wrong last."""
+    failure = bundle.failure
+    return {
+        "vip_bundle_id": bundle.vip_bundle_id,
+        "status": bundle.status.value,
+        "customer_email": bundle.customer_email,
+        "updated_at": _when(bundle.updated_at),
+        "last_error": bundle.last_error or "",
+        "failure": f"{failure.step}: {failure.reason}" if failure else "",
+        "compensation_failures": bundle.compensation_failures,
+    }
+
+
+def console_data(
+    counts: dict[Status, int],
+    moves: dict[str, int],
+    parked: list[Bundle],
+    failed: list[Bundle],
+    cancelled: list[Bundle],
+    now: datetime,
+) -> dict[str, Any]:
+    """What the console shows and refreshes (`GET /dashboard.json`): plain JSON."""
+    return {
+        "at": _when(now),
+        "total": sum(counts.values()),
+        "counts": {s.value: counts.get(s, 0) for s in Status},
+        "in_flight": sum(counts.get(s, 0) for s in IN_FLIGHT),
+        "window_minutes": MOVES_WINDOW_MIN,
+        "moves": {
+            move_key(e.source, e.target): moves.get(move_key(e.source, e.target), 0)
+            for e in _edges()
+        },
+        "parked": [console_row(b) for b in parked],
+        "failed": [console_row(b) for b in failed],
+        "cancelled": [console_row(b) for b in cancelled],
+    }
+
+
+def console_context(
+    data: dict[str, Any], q: str | None, found: list[Bundle] | None, links: dict[str, str]
+) -> dict[str, Any]:
+    counts = {Status(s): n for s, n in data["counts"].items()}
+    return {
+        "data": data,
+        "diagram": fleet_diagram(counts, data["moves"]),
+        "q": q or "",
+        "found": [console_row(b) for b in found] if found is not None else None,
+        "links": links,
+        "in_flight_statuses": [s.value for s in Status if s in IN_FLIGHT],
     }
