@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from redis import Redis
@@ -22,11 +22,12 @@ from process_manager.messages import Event
 _TRANSITION = """
 -- KEYS: bundle hash, old status index, new status index, events stream
 -- ARGV: expected version, new version, doc, new status, score, bundle id,
---       event name, event json ('' = not published), stream maxlen
+--       event name, event json ('' = not published), stream maxlen, undo round
 local current = redis.call('HGET', KEYS[1], 'version')
 if current == false then current = '0' end
 if current ~= ARGV[1] then return current end
-redis.call('HSET', KEYS[1], 'version', ARGV[2], 'status', ARGV[4], 'doc', ARGV[3])
+redis.call('HSET', KEYS[1], 'version', ARGV[2], 'status', ARGV[4], 'doc', ARGV[3],
+           'round', ARGV[10])
 if KEYS[2] ~= KEYS[3] then redis.call('ZREM', KEYS[2], ARGV[6]) end
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
 if ARGV[8] ~= '' then
@@ -35,6 +36,30 @@ if ARGV[8] ~= '' then
 end
 return 'ok'
 """
+
+_START = """
+-- KEYS: bundle hash
+-- ARGV: start counter field, '1' if counted per undo round, statuses the step may run in...
+-- Only in one of those statuses: count the start, return the whole hash (doc and counters).
+-- Else nothing is counted: {} for "not due", false for "no such bundle".
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == false then return false end
+for i = 3, #ARGV do
+  if ARGV[i] == status then
+    local field = ARGV[1]
+    if ARGV[2] == '1' then
+      field = field .. ':round-' .. (redis.call('HGET', KEYS[1], 'round') or '0')
+    end
+    redis.call('HINCRBY', KEYS[1], field, 1)
+    local all = redis.call('HGETALL', KEYS[1])
+    table.insert(all, 1, field)
+    return all
+  end
+end
+return {}
+"""
+
+STARTS = "starts:"
 
 Decide = Callable[[Bundle], Event | None]
 
@@ -58,6 +83,7 @@ class BundleStore:
         self.stream = f"{prefix}events"
         self.stream_maxlen = stream_maxlen
         self._transition = redis.register_script(_TRANSITION)
+        self._start = redis.register_script(_START)
 
     # --- keys ---
     def _bundle_key(self, bundle_id: str) -> str:
@@ -68,8 +94,9 @@ class BundleStore:
 
     # --- reads ---
     def get(self, bundle_id: str) -> Bundle | None:
-        doc = self.redis.hget(self._bundle_key(bundle_id), "doc")
-        return Bundle.model_validate_json(doc) if doc else None
+        """The bundle with its step start counters (one read: the document and the counters
+        come from the same hash)."""
+        return _from_hash(self.redis.hgetall(self._bundle_key(bundle_id)))
 
     def require(self, bundle_id: str) -> Bundle:
         bundle = self.get(bundle_id)
@@ -157,6 +184,7 @@ class BundleStore:
                 event.name() if event else "",
                 _json(message) if message else "",
                 self.stream_maxlen,
+                new.compensation_failures,  # the undo round, for `start`
             ],
         )
         return result in (b"ok", "ok")
@@ -168,18 +196,47 @@ class BundleStore:
         )
 
     # --- housekeeping ---
-    def count_start(self, bundle_id: str, step: str) -> int:
-        """Count one more start of a bundle's step; the total, redeliveries included.
+    def start(
+        self, bundle_id: str, step: str, runs_in: Iterable[str], per_round: bool = False
+    ) -> tuple[Bundle, int] | None:
+        """If the bundle's status is one of `runs_in`: count one more start of `step` and return
+        the bundle (counters included) with that count. Else None, and nothing is counted.
 
+        One script, so "is it due" and "count the start" cannot be split by a transition: once
+        a bundle is `cancelling`, no forward step starts any more and its count is final.
         Celery has no cap on redeliveries and Redis no "redelivered" flag: a step whose worker
-        dies every time it runs would be started forever without this count. It is a field of
-        the bundle's own hash: one command, no key of its own, gone with the bundle.
+        dies every time it runs would be started forever without this count. An undo's count
+        (`per_round`) starts afresh in each round of a parked bundle taken up again.
+        `BundleNotFound` for an unknown bundle.
         """
-        return int(self.redis.hincrby(self._bundle_key(bundle_id), f"starts:{step}", 1))
+        args = [f"{STARTS}{step}", "1" if per_round else "0", *runs_in]
+        reply = self._start(keys=[self._bundle_key(bundle_id)], args=args)
+        if reply is None:
+            raise BundleNotFound(f"no vip bundle {bundle_id}")
+        if not reply:
+            return None
+        field, flat = _text(reply[0]), reply[1:]
+        bundle = _from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
+        assert bundle is not None
+        return bundle, bundle.starts[field.removeprefix(STARTS)]
 
     def first_time(self, message_id: str, ttl_s: int = 7 * 24 * 3600) -> bool:
         """True the first time a message id is seen (duplicate-delivery guard)."""
         return bool(self.redis.set(f"{self.prefix}seen:{message_id}", 1, nx=True, ex=ttl_s))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _from_hash(fields: Mapping[bytes | str, bytes | str]) -> Bundle | None:
+    """A bundle from its hash: the document plus its `starts:*` counters."""
+    data = {_text(k): v for k, v in fields.items()}
+    doc = data.get("doc")
+    if doc is None:
+        return None
+    starts = {k.removeprefix(STARTS): int(v) for k, v in data.items() if k.startswith(STARTS)}
+    return Bundle.model_validate_json(doc).model_copy(update={"starts": starts})
 
 
 def _json(message: dict) -> str:

@@ -4,7 +4,15 @@ Start reading at `tasks/saga.py`: it builds the canvas (the forward chain, the c
 group) and holds the error callback and the process manager task.
 """
 
-from tasks import compensation, flights, intake, reconcile, saga, shows  # noqa: F401  (register)
+from tasks import (  # noqa: F401  (register)
+    cancel,
+    compensation,
+    flights,
+    intake,
+    reconcile,
+    saga,
+    shows,
+)
 from tasks.celery_app import app
 
 __all__ = ["app"]

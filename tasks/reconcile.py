@@ -3,7 +3,8 @@
 It works from the stored state only. A bundle in flight with no transition for
 `STALE_AFTER_S` gets the rest of its chain (or its pending undos) sent again; the steps are
 idempotent, so a step that was merely slow is not done twice. A parked bundle
-(`compensation_failed`) is taken up again after a backoff that doubles with each failure.
+(`compensation_failed`) is taken up again after a backoff that doubles with each failure, into
+the rollback or the cancellation it was parked from (`tasks.saga.take_up`).
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ from __future__ import annotations
 import time
 
 from adapters.settings import get_settings
-from process_manager import saga
 from process_manager.bundle import Bundle, Status
 from tasks.celery_app import app, store
-from tasks.saga import run_forward, run_rollback
+from tasks.saga import run_forward, run_rollback, take_up
 from tasks.steps import log
 
 FORWARD = (Status.INITIALIZED, Status.BOOKING_MADE, Status.INBOUND_BOOKED, Status.RETURN_BOOKED)
@@ -39,18 +39,17 @@ def reconcile() -> dict[str, int]:
                 st.touch(bundle)  # not again before the next STALE_AFTER_S
                 run_forward(bundle)
                 counts["resumed"] += 1
-    for bundle_id in st.stale(Status.ROLLING_BACK, s.stale_after_s):
-        if (bundle := st.get(bundle_id)) is not None and bundle.status is Status.ROLLING_BACK:
-            st.touch(bundle)
-            run_rollback(bundle)
-            counts["rollbacks_resumed"] += 1
+    for status in (Status.ROLLING_BACK, Status.CANCELLING):
+        for bundle_id in st.stale(status, s.stale_after_s):
+            if (bundle := st.get(bundle_id)) is not None and bundle.status is status:
+                st.touch(bundle)
+                run_rollback(bundle)
+                counts["rollbacks_resumed"] += 1
     for bundle_id in st.stale(Status.COMPENSATION_FAILED, s.parked_retry_base_s):
         bundle = st.get(bundle_id)
         if bundle is None or not parked_retry_due(bundle, now):
             continue
-        applied = st.apply(bundle_id, saga.rollback_resumed)
-        if applied.event is not None:
-            run_rollback(applied.bundle)
+        if take_up(bundle).status is not Status.COMPENSATION_FAILED:
             counts["parked_retried"] += 1
     if any(counts.values()):
         log.info("reconcile: %s", counts)
