@@ -3,6 +3,7 @@
     POST /book-vip-bundle              -> 201 {"vip_bundle_id", "booking_id"} | 422 {"errors"}
     GET  /vip-bundles/{vip_bundle_id}  -> 200 the bundle (JSON, or an HTML page for a browser)
     GET  /vip-bundles?status=failed    -> 200 a page of bundle summaries
+    POST /vip-bundles/{id}/cancel      -> 202 {"vip_bundle_id", "status"} | 404 | 409 | 422
     GET  /health                       -> 200 when Redis answers
 
 Every error, FastAPI's own included, answers `{"errors": [{"field", "message"}]}`. Nothing
@@ -25,7 +26,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from process_manager.bundle import Status
-from process_manager.messages import BookVipBundle, InvalidRequest, parse_request
+from process_manager.messages import (
+    BookVipBundle,
+    CancelReason,
+    InvalidRequest,
+    parse_cancel,
+    parse_request,
+)
 from vip_bundles.views import bundle_summary, bundle_view, page_context, render
 
 log = logging.getLogger(__name__)
@@ -49,6 +56,11 @@ class Errors(BaseModel):
 class Answer(BaseModel):
     vip_bundle_id: str
     booking_id: str
+
+
+class CancelAnswer(BaseModel):
+    vip_bundle_id: str
+    status: Status
 
 
 ERRORS_422 = {422: {"model": Errors, "description": "every bad field, named"}}
@@ -127,6 +139,33 @@ def create_app() -> FastAPI:
         if html:
             return HTMLResponse(render("bundle.html", **page_context(bundle)), headers=vary)
         return JSONResponse(bundle_view(bundle), headers=vary)
+
+    @app.post(
+        "/vip-bundles/{vip_bundle_id}/cancel",
+        status_code=202,
+        response_model=CancelAnswer,
+        responses={404: {"model": Errors}, 409: {"model": Errors}, **ERRORS_422},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": CancelReason.model_json_schema()}},
+            }
+        },
+    )
+    async def cancel_vip_bundle(vip_bundle_id: str, request: Request) -> JSONResponse:
+        """Cancel a bundle: undo everything it booked; it ends `cancelled`. Idempotent."""
+        body = parse_cancel(CancelReason, _json_object(await request.body()))
+        from adapters.store import BundleNotFound
+        from tasks.cancel import CancelRefused, answer, cancel_bundle
+
+        try:
+            bundle = await run_in_threadpool(cancel_bundle, vip_bundle_id, body.reason, "http")
+        except BundleNotFound:
+            return errors_response(404, [error("vip_bundle_id", UNKNOWN_BUNDLE)])
+        except CancelRefused as exc:
+            return errors_response(409, [error("status", str(exc))])
+        log.info("cancel %s: %s", vip_bundle_id, bundle.status)
+        return JSONResponse(answer(bundle), status_code=202)
 
     @app.get("/vip-bundles", responses=ERRORS_422)
     def list_vip_bundles(
