@@ -1,22 +1,26 @@
 # The two commands a new user needs: `make demo` and `make test`.
-# Both create .venv and install the project from pyproject.toml on first use.
+# Both create .venv on first use from requirements.lock: every package pinned and hash-checked,
+# so a fresh clone installs exactly what the tests ran with. `make test-latest` installs the
+# newest releases pyproject.toml allows instead, so drift shows up in CI before a user meets it.
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LATEST := .venv-latest
 
-.PHONY: demo test test-slow lint bench clean
+.PHONY: demo test test-slow test-latest lint bench lock clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv --clear $(VENV)
+	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/vip-bundles demo
 
-# The quick suite (a few minutes): unit, simulator and end-to-end tests with real workers.
+# The quick suite (a minute or two): unit, simulator and end-to-end tests with real workers.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest
@@ -26,6 +30,16 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow || [ $$? -eq 5 ]
 
+# The quick suite again, on the newest releases that pyproject.toml allows (not the lock).
+test-latest:
+	$(PYTHON) -m venv --clear $(LATEST)
+	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]'
+	@echo "newest allowed releases that differ from requirements.lock:"
+	@$(LATEST)/bin/pip list --format=freeze --exclude-editable | tr 'A-Z_' 'a-z-' \
+		| grep -vxFf <(grep -oE '^[A-Za-z0-9_.-]+==[^ ]+' requirements.lock | tr 'A-Z_' 'a-z-') \
+		| sed 's/^/  /' || echo "  none"
+	$(LATEST)/bin/pytest -p no:cacheprovider
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -33,5 +47,12 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# Re-resolve requirements.lock from pyproject.toml (uv, in a tools venv of its own).
+lock:
+	$(PYTHON) -m venv .venv-tools
+	.venv-tools/bin/pip install --quiet uv
+	.venv-tools/bin/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+		--generate-hashes --quiet --custom-compile-command "make lock" -o requirements.lock
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) .venv-tools .pytest_cache .ruff_cache

@@ -26,10 +26,10 @@ task_time_limit = _s.task_time_limit_s
 task_soft_time_limit = _s.task_time_limit_s - 10
 result_expires = _s.result_expires_s
 
-_redis_options = {
-    "visibility_timeout": _s.visibility_timeout_s,
-    "global_keyprefix": _s.key_prefix,
-}
+# No `global_keyprefix`: queues and result keys keep the contract's names, so a caller with
+# only `celery` finds them (shared/intake-api.md). Deployments sharing a Redis use a database
+# number each; KEY_PREFIX prefixes only our own state and stream keys.
+_redis_options = {"visibility_timeout": _s.visibility_timeout_s}
 if broker_url.startswith(("redis://", "rediss://")):
     # Look for abandoned unacked messages every 10 s, not kombu's 10 x 10 s.
     broker_transport_options = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,10 +15,14 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str | None = None  # e.g. amqp://guest:guest@127.0.0.1:5672// ; default REDIS_URL
     result_backend: str | None = None  # default REDIS_URL
-    # Every key this project writes starts with it (the broker's and result backend's too when
-    # they are on Redis), so several deployments or test runs can share one Redis server.
+    # Bundle state and the events stream live under it. The broker's queues and the results do
+    # not: they keep the contract's names (deployments sharing a Redis use a database each).
     key_prefix: str = "vip-bundles:"
     events_stream_maxlen: int = 1_000_000
+
+    # The HTTP door's keys, `key:scope+scope,...` (vip_bundles/access.py). Secret: never shown
+    # in a repr or a log line.
+    api_keys: SecretStr | None = None
 
     gateway_url: str = "http://127.0.0.1:8888"
     http_timeout_s: float = 5.0

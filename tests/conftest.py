@@ -1,45 +1,63 @@
 """Test set-up: a real Redis, the partner simulator over HTTP, real `celery worker` processes.
 
-Every run gets its own key prefix (our keys, the broker's queues and the result backend's keys
-all carry it), so runs never see each other's messages, and the prefix is deleted at the end.
+Every run gets a Redis database number of its own, as two installations sharing one Redis do
+(shared/intake-api.md): the broker's queues, the results, the bundles and the events stream
+all keep the product's default names, so what a test sends is what a real caller sends. The
+database is emptied at the end.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
-import uuid
 
-# Before anything imports celeryconfig: settings are read once per process.
-RUN_PREFIX = f"vip-bundles-test-{uuid.uuid4().hex[:8]}:"
-os.environ["KEY_PREFIX"] = RUN_PREFIX
-os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
+import pytest
+
+from vip_bundles import local_stack
+
+# The Redis server the tests use (TEST_REDIS_URL, else REDIS_URL's server, else the local one).
+SERVER_URL = local_stack.server_url_of(
+    os.environ.get("TEST_REDIS_URL") or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379"
+)
+if not local_stack.redis_answers(SERVER_URL):
+    pytest.exit(f"no Redis at {SERVER_URL}: start one (see .ci/run) or set TEST_REDIS_URL", 2)
+RUN_DB = local_stack.claim_database(SERVER_URL)
+atexit.register(RUN_DB.release)
+# Before anything imports celeryconfig: settings are read once per process. Everything else
+# (KEY_PREFIX, queue names) stays at the product's defaults.
+os.environ["REDIS_URL"] = RUN_DB.url
+os.environ.pop("KEY_PREFIX", None)
 # Quick retries and short timeouts, so fault scenarios take seconds, not minutes.
 os.environ.setdefault("HTTP_TIMEOUT_S", "2")
 os.environ.setdefault("HTTP_RETRY_ATTEMPTS", "4")
 os.environ.setdefault("HTTP_RETRY_MAX_WAIT_S", "0.05")
 os.environ.setdefault("COMPENSATION_RETRY_ATTEMPTS", "3")
 
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
 
 from partner_simulator.server import SimulatorClient, SimulatorServer  # noqa: E402
 from tests.helpers import Saga  # noqa: E402
-from vip_bundles import local_stack  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    url = os.environ["REDIS_URL"]
-    if not local_stack.redis_answers(url):
-        pytest.exit(f"no Redis at {url}: start one (see .ci/run) or set REDIS_URL", 2)
-    yield url
-    from tasks.celery_app import redis_client
+    yield RUN_DB.url
+    RUN_DB.release()
 
-    client = redis_client()
-    for key in client.scan_iter(match=f"{RUN_PREFIX}*", count=1000):
-        client.delete(key)
+
+@pytest.fixture
+def claim_db() -> Iterator[Callable[[], str]]:
+    """`claim_db()`: another database of its own (for a second stack: the demo, a scenario)."""
+    claimed: list[local_stack.ClaimedDatabase] = []
+
+    def claim() -> str:
+        claimed.append(local_stack.claim_database(SERVER_URL))
+        return claimed[-1].url
+
+    yield claim
+    for db in claimed:
+        db.release()
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ here talks to Redis or the broker until a request comes: the clients are lazy ge
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import Annotated, Any
@@ -25,6 +26,7 @@ from redis import RedisError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from adapters.settings import get_settings
 from process_manager.bundle import Status
 from process_manager.messages import (
     BookVipBundle,
@@ -33,6 +35,7 @@ from process_manager.messages import (
     parse_cancel,
     parse_request,
 )
+from vip_bundles.access import DoorGuard, is_loopback, parse_api_keys
 from vip_bundles.views import bundle_summary, bundle_view, page_context, render
 
 log = logging.getLogger(__name__)
@@ -77,11 +80,15 @@ def error(field: str, message: str) -> dict[str, str]:
 # --- the app -------------------------------------------------------------------------------------
 
 
-def create_app() -> FastAPI:
-    """The HTTP door. No I/O here: Redis and the broker are reached on the first request."""
+def create_app(api_keys: str | None = None) -> FastAPI:
+    """The HTTP door. No I/O here: Redis and the broker are reached on the first request.
+
+    `api_keys` (default: the `API_KEYS` setting) grants access; see vip_bundles/access.py.
+    """
     # /docs and /redoc load their assets from a CDN; the OpenAPI document itself is served.
     app = FastAPI(title="vip-bundles", version="1", docs_url=None, redoc_url=None)
     _install_error_handlers(app)
+    app.add_middleware(DoorGuard, keys=parse_api_keys(api_keys or configured_api_keys()))
 
     @app.post(
         "/book-vip-bundle",
@@ -101,7 +108,7 @@ def create_app() -> FastAPI:
         correlation_id: Annotated[str | None, Header(alias="Correlation-ID")] = None,
     ) -> JSONResponse:
         """Validate and book a bundle; the same vip_bundle_id twice is one bundle."""
-        booking = parse_request(_json_object(await request.body()))
+        booking = parse_request(json_object(await request.body()))
         from tasks.intake import book_bundle
 
         # The caller's correlation id is kept on the bundle and carried by all its events and
@@ -154,12 +161,15 @@ def create_app() -> FastAPI:
     )
     async def cancel_vip_bundle(vip_bundle_id: str, request: Request) -> JSONResponse:
         """Cancel a bundle: undo everything it booked; it ends `cancelled`. Idempotent."""
-        body = parse_cancel(CancelReason, _json_object(await request.body()))
+        body = parse_cancel(CancelReason, json_object(await request.body()))
         from adapters.store import BundleNotFound
         from tasks.cancel import CancelRefused, answer, cancel_bundle
 
+        # Who asked: the key's fingerprint the access guard found ("local" on loopback).
+        key_name = getattr(request.state, "api_key_name", None)
+        who = f"http:{key_name}" if key_name else "http"
         try:
-            bundle = await run_in_threadpool(cancel_bundle, vip_bundle_id, body.reason, "http")
+            bundle = await run_in_threadpool(cancel_bundle, vip_bundle_id, body.reason, who)
         except BundleNotFound:
             return errors_response(404, [error("vip_bundle_id", UNKNOWN_BUNDLE)])
         except CancelRefused as exc:
@@ -195,9 +205,45 @@ def create_app() -> FastAPI:
     return app
 
 
+def configured_api_keys() -> str | None:
+    secret = get_settings().api_keys
+    return secret.get_secret_value() if secret is not None else None
+
+
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve the HTTP door in the foreground (`vip-bundles api`)."""
-    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+    """Serve the HTTP door in the foreground (`vip-bundles api`).
+
+    Refuses (ValueError, saying why) to listen beyond loopback without API_KEYS, or with
+    malformed API_KEYS.
+    """
+    keys = parse_api_keys(configured_api_keys())
+    if not keys and not is_loopback(host):
+        raise ValueError(
+            f"refusing to serve on {host} without API_KEYS: anyone who can reach it could book "
+            "and read bundles. Set API_KEYS (see the README's production section) or serve "
+            "on 127.0.0.1."
+        )
+    uvicorn.run(create_app(), host=host, port=port, log_level="info", http=http_protocol())
+
+
+def http_protocol() -> type | str:
+    """uvicorn's httptools protocol, told to pass control characters in header values on to
+    the app, which refuses them naming the header (a 422 for Correlation-ID, as the contract
+    says) instead of the parser's bare "400 Invalid HTTP request"."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # no httptools: h11 answers such a request 400 itself
+        return "auto"
+
+    class LenientHeaders(HttpToolsProtocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            with contextlib.suppress(AttributeError, TypeError):  # httptools < 0.6.3
+                self.parser.set_dangerous_leniencies(
+                    lenient_data_after_close=True, lenient_headers=True
+                )
+
+    return LenientHeaders
 
 
 # --- errors: one shape for all of them -----------------------------------------------------------
@@ -226,8 +272,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: Exception) -> Response:
         # Unknown routes (404), wrong methods (405): FastAPI would answer {"detail": ...}.
         assert isinstance(exc, StarletteHTTPException)
+        field = getattr(exc, "field", "path")  # e.g. "body" for a body over the limit
         return errors_response(
-            exc.status_code, [error("path", str(exc.detail))], headers=exc.headers
+            exc.status_code, [error(field, str(exc.detail))], headers=exc.headers
         )
 
     async def store_unavailable(_: Request, exc: Exception) -> Response:
@@ -245,10 +292,15 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, crashed)
 
 
-def _json_object(raw: bytes) -> dict[str, Any]:
-    """The body as a JSON object, or `InvalidRequest` naming `body`."""
+MAX_DEPTH = 32  # a request nests 2 deep; anything near this is not one
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or `InvalidRequest` naming `body` (never a 500)."""
     try:
         data = json.loads(raw)
+    except RecursionError:  # the parser's own stack: nested far beyond MAX_DEPTH
+        raise InvalidRequest("body: nests too deep", [error("body", "nests too deep")]) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(
             "body: not valid JSON", [error("body", f"invalid JSON: {exc}")]
@@ -258,7 +310,23 @@ def _json_object(raw: bytes) -> dict[str, Any]:
         raise InvalidRequest(
             "body: not a JSON object", [error("body", f"must be a JSON object, got {kind}")]
         )
+    if _depth(data) > MAX_DEPTH:
+        raise InvalidRequest(
+            "body: nests too deep", [error("body", f"nests more than {MAX_DEPTH} levels deep")]
+        )
     return data
+
+
+def _depth(value: Any) -> int:
+    """How deep arrays and objects nest (iterative: no recursion on hostile input)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 # --- content negotiation -------------------------------------------------------------------------

@@ -16,6 +16,9 @@ cli = typer.Typer(
     help="VIP bundles: show tickets + flights, sold as a Celery saga.",
     no_args_is_help=True,
     add_completion=False,
+    # Help texts are plain text: with rich markup, "[/{id}]" in a docstring is a closing tag
+    # and `--help` crashes (typer >= 0.20 renders rich markup by default).
+    rich_markup_mode=None,
 )
 console = Console()
 
@@ -235,10 +238,17 @@ def api(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
 ) -> None:
-    """Serve the HTTP door: POST /book-vip-bundle, GET /vip-bundles[/{id}]."""
+    """Serve the HTTP door: POST /book-vip-bundle, GET /vip-bundles and /vip-bundles/ID.
+
+    Without API_KEYS it serves loopback only and refuses any other --host.
+    """
     from vip_bundles.api import serve
 
-    serve(host=host, port=port)
+    try:
+        serve(host=host, port=port)
+    except ValueError as exc:  # refused to start: say why, no traceback
+        console.print(f"[red]vip-bundles api: {exc}[/]", highlight=False)
+        raise typer.Exit(2) from None
 
 
 def main() -> None:

@@ -114,6 +114,66 @@ def ensure_redis(url: str) -> LocalRedis:
     )
 
 
+# A database claimed for a test or benchmark run holds these two keys next to its data: the
+# owner marks it as ours (so a crashed run's leftovers can be recognised and cleared), the
+# lease says the run is alive.
+CLAIM_OWNER = "vip-bundles-run:owner"
+CLAIM_LEASE = "vip-bundles-run:lease"
+
+
+@dataclass
+class ClaimedDatabase:
+    """One Redis database number used by one run alone; `release()` empties it."""
+
+    url: str
+    db: int
+    client: redis.Redis = field(repr=False)
+
+    def release(self) -> None:
+        with contextlib.suppress(redis.RedisError):
+            self.client.flushdb()
+            self.client.close()
+
+
+def claim_database(server_url: str, lease_s: int = 6 * 3600) -> ClaimedDatabase:
+    """Claim an unused database number on the Redis server at `server_url`.
+
+    Runs are told apart by database number, as installations sharing a Redis are (the intake
+    contract): a run's broker queues, results and bundles then need no key prefix that a real
+    caller would not have. Database 0 (the default REDIS_URL) is never taken; a database with
+    anyone else's data in it is skipped; one left by a crashed run (owner mark, lease expired)
+    is cleared and reused.
+    """
+    base = redis.Redis.from_url(server_url)
+    try:
+        count = int(base.config_get("databases").get("databases", 16))
+    except redis.ResponseError:  # CONFIG disabled (a managed Redis): assume the default
+        count = 16
+    finally:
+        base.close()
+    token = f"{socket.gethostname()}:{os.getpid()}:{time.time()}"
+    for db in range(1, count):
+        client = redis.Redis.from_url(server_url, db=db)
+        if client.exists(CLAIM_OWNER) and not client.exists(CLAIM_LEASE):
+            client.flushdb()  # a crashed run's leftovers
+        if client.set(CLAIM_LEASE, token, nx=True, ex=lease_s):
+            # Empty but for our lease, or our own owner mark from a crashed run: ours.
+            if client.dbsize() == 1:
+                client.set(CLAIM_OWNER, token)
+                url = f"{server_url.rstrip('/')}/{db}"
+                return ClaimedDatabase(url, db, client)
+            client.delete(CLAIM_LEASE)  # someone else's data: leave it alone
+        client.close()
+    raise RuntimeError(f"no free database on {server_url} (all {count - 1} taken)")
+
+
+def server_url_of(url: str) -> str:
+    """`redis://host:6379/3` -> `redis://host:6379` (the server, without a database number)."""
+    scheme, _, rest = url.partition("://")
+    netloc = rest.split("/", 1)[0].split("?", 1)[0]
+    return f"{scheme}://{netloc}"
+
+
 @dataclass
 class Worker:
     """A `celery -A tasks worker` subprocess."""

@@ -15,7 +15,6 @@ import pytest
 from celery import Celery
 
 from process_manager.bundle import Status
-from tests.conftest import RUN_PREFIX
 from tests.helpers import Saga, request
 from vip_bundles import local_stack
 
@@ -40,7 +39,6 @@ class Topology:
     def __init__(self, redis_url: str, env: dict[str, str], logdir: Path) -> None:
         # What another service would build: only celery, our broker, our result backend.
         self.app = Celery(broker=AMQP_URL, backend=redis_url)
-        self.app.conf.result_backend_transport_options = {"global_keyprefix": RUN_PREFIX}
         self.env = env
         self.logdir = logdir
         self.booking = local_stack.start_worker(

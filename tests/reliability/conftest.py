@@ -9,18 +9,25 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import SERVER_URL
 from tests.reliability import results
 from tests.reliability.invariants import Report
 from tests.reliability.stack import Stack
+from vip_bundles import local_stack
 
 
 @pytest.fixture
 def make_stack(redis_url: str, logdir: Path) -> Iterator[Callable[..., Stack]]:
-    """`make_stack(name, redis_url=..., **worker_env)`: a Stack closed after the test."""
+    """`make_stack(name, url=..., **worker_env)`: a Stack closed after the test, on a database
+    of its own on the test Redis (or on the Redis at `url`, a private server)."""
     stacks: list[Stack] = []
 
     def make(name: str, url: str | None = None, **env: str) -> Stack:
-        stack = Stack(name, url or redis_url, logdir, **env)
+        if url is None:
+            db = local_stack.claim_database(SERVER_URL)
+            stack = Stack(name, db.url, logdir, release=db.release, **env)
+        else:
+            stack = Stack(name, url, logdir, **env)
         stacks.append(stack)
         return stack
 

@@ -65,7 +65,7 @@ holds (each bundle, its status index, the events stream):
   capacity, seats left = capacity - tickets held);
 - every event in a bundle's history is on the stream once, in order (else *events lost*).
 
-Each scenario has its own `KEY_PREFIX` (queues, results, bundles, events) and its own simulator
+Each scenario has its own Redis database (queues, results, bundles, events) and its own simulator
 process, so the counts are that scenario's alone. Tests never assert timings.
 
 Run them all (about 6 minutes on 2 cores) and regenerate this page:

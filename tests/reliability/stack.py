@@ -1,21 +1,21 @@
-"""One scenario's private stack: its own KEY_PREFIX, partner simulator and worker processes.
+"""One scenario's private stack: its own Redis database, partner simulator and worker processes.
 
-The prefix covers the broker's queues, the result backend, the bundles and the events stream,
-so no other worker of the test session (nor a concurrent run) ever takes a scenario's messages,
-and the invariants see exactly the bundles the scenario made. The simulator is a subprocess of
-its own, so "what the partners saw" is this scenario's traffic only.
+The database number separates the broker's queues, the results, the bundles and the events
+stream (all under the product's default names), so no other worker of the test session (nor
+a concurrent run) ever takes a scenario's messages, and the invariants see exactly the bundles
+the scenario made. The simulator is a subprocess of its own, so "what the partners saw" is
+this scenario's traffic only.
 """
 
 from __future__ import annotations
 
 import ast
-import contextlib
 import re
 import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,6 @@ from redis import Redis, RedisError
 from adapters.store import BundleStore
 from partner_simulator.server import SimulatorClient, start_subprocess
 from process_manager.bundle import FINAL, Bundle, Status
-from tests.conftest import RUN_PREFIX
 from tests.helpers import request
 from tests.reliability import invariants
 from vip_bundles import local_stack
@@ -40,33 +39,34 @@ _RECEIVED = re.compile(r"Task ([\w.]+)\[([0-9a-f-]{36})\] received")
 _RECONCILED = re.compile(r"reconcile: (\{.*\})")
 
 
-def client_app(redis_url: str, prefix: str) -> Celery:
-    """A Celery app as another service would hold: our routes and serializers, the scenario's
-    broker and KEY_PREFIX. It sends tasks by name and pings workers; it runs nothing."""
+def client_app(redis_url: str) -> Celery:
+    """A Celery app that sends by name with our routes (so it can reach every queue, as beat
+    and the process manager do) on the scenario's broker. It pings workers; it runs nothing."""
     app = Celery("vip-bundles-reliability")
     app.config_from_object("celeryconfig")
-    options = {"global_keyprefix": prefix, "visibility_timeout": 3600}
-    app.conf.update(
-        broker_url=redis_url,
-        result_backend=redis_url,
-        broker_transport_options=options,
-        result_backend_transport_options=options,
-    )
+    app.conf.update(broker_url=redis_url, result_backend=redis_url)
     return app
 
 
 class Stack:
-    def __init__(self, name: str, redis_url: str, logdir: Path, **env: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        redis_url: str,
+        logdir: Path,
+        release: Callable[[], None] | None = None,
+        **env: str,
+    ) -> None:
         self.name = name
-        self.redis_url = redis_url
-        self.prefix = f"{RUN_PREFIX}rel-{name}:"
+        self.redis_url = redis_url  # a database of the scenario's own
+        self._release = release
         self.logdir = logdir / name
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.redis = Redis.from_url(redis_url)
-        self.store = BundleStore(self.redis, prefix=self.prefix)
+        self.store = BundleStore(self.redis)
         self.sim_process, self.sim_url = start_subprocess()
         self.sim = SimulatorClient(self.sim_url, timeout=30)
-        self.app = client_app(redis_url, self.prefix)
+        self.app = client_app(redis_url)
         self.env_defaults = {**QUIET, **env}
         self.workers: list[local_stack.Worker] = []
         self.beats: list[subprocess.Popen[bytes]] = []
@@ -79,7 +79,6 @@ class Stack:
         return local_stack.celery_env(
             REDIS_URL=self.redis_url,
             GATEWAY_URL=self.sim_url,
-            KEY_PREFIX=self.prefix,
             **{**self.env_defaults, **overrides},
         )
 
@@ -110,11 +109,9 @@ class Stack:
         self.sim_process.terminate()
         self.sim_process.wait()
         self.app.close()
-        with contextlib.suppress(RedisError):
-            keys = list(self.redis.scan_iter(match=f"{self.prefix}*", count=1000))
-            for i in range(0, len(keys), 500):
-                self.redis.delete(*keys[i : i + 500])
         self.redis.close()
+        if self._release is not None:
+            self._release()
 
     # --- doors ---
     def limit_flight(self, flight_id: str, seats: int) -> None:

@@ -191,8 +191,7 @@ def test_malformed_requests_to_the_celery_door_are_refused_naming_each_field(mak
 
 def publish(stack: Stack, body: Any, task: str | None = "vip_bundle.book", **kw: Any) -> None:
     headers = {"task": task, "id": str(uuid.uuid4()), "lang": "py"} if task else {}
-    opts = {"global_keyprefix": stack.prefix}
-    with Connection(stack.redis_url, transport_options=opts) as conn:
+    with Connection(stack.redis_url) as conn:
         Producer(conn.default_channel).publish(
             body, exchange="vip-bundles", routing_key=INTAKE, headers=headers, **kw
         )
@@ -226,12 +225,12 @@ REFUSED_BY_CELERY: list[tuple[str, GarbageMaker, str]] = [
 STOPS_A_STOCK_WORKER: list[tuple[str, GarbageMaker, str]] = [
     (
         "raw bytes pushed on the Redis list",
-        lambda s: s.redis.lpush(f"{s.prefix}{INTAKE}", b"\x00\xff garbage"),
+        lambda s: s.redis.lpush(INTAKE, b"\x00\xff garbage"),
         "not a message (JSONDecodeError",
     ),
     (
         "JSON on the list that is not an envelope",
-        lambda s: s.redis.lpush(f"{s.prefix}{INTAKE}", json.dumps({"not": "an envelope"})),
+        lambda s: s.redis.lpush(INTAKE, json.dumps({"not": "an envelope"})),
         "not a message (KeyError",
     ),
     (

@@ -14,13 +14,12 @@ from partner_simulator.server import SimulatorClient, SimulatorServer
 from process_manager import saga
 from process_manager.bundle import Bundle
 from process_manager.messages import BookVipBundle, Leg
-from tests.conftest import RUN_PREFIX
 from tests.reliability.invariants import check
 
 
 @pytest.fixture
 def world(redis_url: str) -> Iterator[tuple[BundleStore, SimulatorClient, Partners]]:
-    prefix = f"{RUN_PREFIX}invariants-{uuid.uuid4().hex[:6]}:"
+    prefix = f"vip-bundles-invariants-{uuid.uuid4().hex[:6]}:"
     redis = Redis.from_url(redis_url)
     with SimulatorServer() as server, server.client() as sim:
         partners = Partners(server.url, attempts=1)
