@@ -35,7 +35,6 @@ IN_FLIGHT = frozenset(
     }
 )
 FINAL = frozenset({Status.FINALIZED, Status.FAILED, Status.CANCELLED})
-ROLLBACK = frozenset({Status.ROLLING_BACK, Status.COMPENSATION_FAILED})
 # Statuses in which undo steps run: a rollback, a cancellation, or either of them parked.
 UNDOING = frozenset({Status.ROLLING_BACK, Status.CANCELLING, Status.COMPENSATION_FAILED})
 
