@@ -20,6 +20,7 @@ import pytest
 
 from partner_simulator.server import SimulatorClient
 from process_manager.bundle import Bundle, Status
+from process_manager.messages import Step
 from tasks.celery_app import store
 from tests import outsider as tests_outsider
 from tests.e2e.api_server import api_server
@@ -236,9 +237,32 @@ def test_a_cancel_racing_a_step_held_at_the_partner_undoes_what_it_booked(saga: 
     assert_nothing_left(saga, bundle, seats)
     # What the held step booked was recorded while cancelling (a late outcome), then undone.
     late = [h.event for h in bundle.history if h.from_status is Status.CANCELLING]
-    assert late[0] == ("BookingMade_v1" if held == "show" else "FlightBooked_v1")
+    assert ("BookingMade_v1" if held == "show" else "FlightBooked_v1") in late
     booked = 2 if held == "show" else 2 + 2 * ["inbound", "return"].index(held) + 2
     assert len(bundle.ticket_ids) + len(bundle.flight_ticket_ids()) == booked
+
+
+def test_a_409_during_a_cancel_changes_nothing(saga: Saga):
+    """The held inbound flight is refused (no seats left by the time the airline decides): the
+    step booked nothing, the show tickets are refunded, the bundle still ends cancelled."""
+    status, step, path, method = HELD["inbound"]
+    body = request()
+    seats = saga.sim.show_seats(body["show_id"])
+    saga.sim.fault(path, status=None, delay_ms=1500, times=1, methods=[method])
+    bundle_id = saga.book(body)["vip_bundle_id"]
+    wait_started(bundle_id, status, step)
+    saga.sim.set_flight_seats(body["inbound_flight_id"], 0)
+
+    from tasks.cancel import cancel_bundle
+
+    cancel_bundle(bundle_id, "409 race", who="test")
+    bundle = saga.wait(bundle_id)
+    assert_nothing_left(saga, bundle, seats)
+    assert bundle.flight_ticket_ids() == []
+    assert len(bundle.refunded_ticket_ids) == 2
+    late = [h.event for h in bundle.history if h.from_status is Status.CANCELLING]
+    assert "FlightBookingFailed_v1" in late
+    assert bundle.booked_nothing == [Step.INBOUND]
 
 
 def test_a_cancel_before_any_step_started_undoes_nothing(saga: Saga):
