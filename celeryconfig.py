@@ -65,6 +65,7 @@ task_routes = {
         "queue": COMPENSATION_QUEUE,
         "routing_key": COMPENSATION_QUEUE,
     },
+    "vip_bundle.audit": {"queue": COMPENSATION_QUEUE, "routing_key": COMPENSATION_QUEUE},
 }
 
 # Flower and `celery events` see every task (name, args, start, end) through these events;
@@ -72,11 +73,17 @@ task_routes = {
 worker_send_task_events = True
 task_send_sent_event = True
 
-# The reconciler (see tasks/reconcile.py) runs under `celery -A tasks beat`.
+# The reconciler (tasks/reconcile.py) and the audit against the partners' records
+# (tasks/audit.py) run under `celery -A tasks beat`.
 beat_schedule = {
     "reconcile-vip-bundles": {
         "task": "vip_bundle.reconcile",
         "schedule": _s.reconcile_every_s,
         "options": {"queue": COMPENSATION_QUEUE, "expires": _s.reconcile_every_s},
+    },
+    "audit-vip-bundles": {
+        "task": "vip_bundle.audit",
+        "schedule": _s.audit_every_s,
+        "options": {"queue": COMPENSATION_QUEUE, "expires": _s.audit_every_s},
     },
 }

@@ -65,6 +65,18 @@ class FlightTicket(BaseModel):
     cancelled: bool = False
 
 
+class Refund(BaseModel):
+    payment_reference: str
+    reason: str | None = None
+    deduplication_id: str | None = None
+
+
+class Receipt(BaseModel):
+    ticket_id: str
+    voided: bool = False
+    void_reason: str | None = None
+
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -169,14 +181,9 @@ class Partners:
         )
 
     def flight_tickets(self, reference_id: str | None = None) -> list[FlightTicket]:
-        # The query filter is a courtesy some servers honour; filter here as well.
-        params = {"reference_id": reference_id} if reference_id else None
-        reply = self._send(
-            "GET", "/transportation-api/flight-tickets", None, key=None, ok=(200,), params=params
-        )
-        if not isinstance(reply, list):
-            raise PartnerProtocolError("flights: ticket list is not a JSON array")
-        tickets = [_parse(FlightTicket, t) for t in reply]
+        """Every flight ticket, or those booked under one `reference_id` (a bundle id)."""
+        path = "/transportation-api/flight-tickets"
+        tickets = self._list(path, FlightTicket, "reference_id", reference_id)
         return [t for t in tickets if reference_id is None or t.reference_id == reference_id]
 
     # --- payments and receipts ---
@@ -214,6 +221,26 @@ class Partners:
             correlation_id=correlation_id,
             ok=(200, 201, 204),
         )
+
+    def refunds(self, payment_reference: str | None = None) -> list[Refund]:
+        """Every refund made, or those of one payment (a show ticket id)."""
+        refunds = self._list(
+            "/payments-api/refunds", Refund, "payment_reference", payment_reference
+        )
+        return [r for r in refunds if payment_reference in (None, r.payment_reference)]
+
+    def receipts(self, ticket_id: str | None = None) -> list[Receipt]:
+        """The receipts, or the one of a show ticket."""
+        receipts = self._list("/receipts-api/receipts", Receipt, "ticket_id", ticket_id)
+        return [r for r in receipts if ticket_id in (None, r.ticket_id)]
+
+    def _list(self, path: str, model: type[M], name: str, value: str | None) -> list[M]:
+        # The query filter is a courtesy some servers honour; the callers filter as well.
+        params = {name: value} if value else None
+        reply = self._send("GET", path, None, key=None, ok=(200,), params=params)
+        if not isinstance(reply, list):
+            raise PartnerProtocolError(f"GET {path}: not a JSON array")
+        return [_parse(model, item) for item in reply]
 
     # --- one request, with the retry policy ---
     def _send(

@@ -42,6 +42,16 @@ class Settings(BaseSettings):
     parked_retry_base_s: float = 30.0
     parked_retry_max_s: float = 1800.0
 
+    # The audit against the partners' records (tasks/audit.py): beat runs it this often over
+    # the bundles settled since its last run plus those settled within the re-audit window,
+    # at most `audit_batch` of each per run.
+    audit_every_s: float = 300.0
+    audit_window_s: float = 3600.0
+    audit_batch: int = Field(default=5000, ge=1)
+    # Up to this many partner calls, an audit asks for just its bundles' records (the lists'
+    # courtesy filters); beyond it, it fetches each whole list once. 0: always whole lists.
+    audit_filtered_calls: int = Field(default=20, ge=0)
+
     # At-least-once delivery on Redis: unacked messages come back after this long, so it must be
     # longer than any task's run, countdown or ETA (celery-notes.md).
     visibility_timeout_s: int = 3600

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from redis import Redis
 
 from process_manager import saga
-from process_manager.bundle import Bundle, Status
+from process_manager.bundle import FINAL, Bundle, Status
 from process_manager.messages import Event
 
 _TRANSITION = """
@@ -61,6 +61,17 @@ return {}
 
 STARTS = "starts:"
 
+# Moves the audit cursor forward only: a slow audit run finishing after a later one must not
+# send the next run back over what was done (that would only cost time: findings are recorded
+# once anyway).
+_ADVANCE = """
+local current = redis.call('GET', KEYS[1])
+if current == false or tonumber(current) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return redis.call('GET', KEYS[1])
+"""
+
 Decide = Callable[[Bundle], Event | None]
 
 
@@ -84,6 +95,7 @@ class BundleStore:
         self.stream_maxlen = stream_maxlen
         self._transition = redis.register_script(_TRANSITION)
         self._start = redis.register_script(_START)
+        self._advance = redis.register_script(_ADVANCE)
 
     # --- keys ---
     def _bundle_key(self, bundle_id: str) -> str:
@@ -117,6 +129,38 @@ class BundleStore:
         cutoff = time.time() - unchanged_for_s
         ids = self.redis.zrangebyscore(self._status_key(status), "-inf", cutoff, 0, limit)
         return [i.decode() if isinstance(i, bytes) else i for i in ids]
+
+    def settled(
+        self,
+        after: float | None = None,
+        until: float | None = None,
+        limit: int | None = None,
+        newest: bool = False,
+    ) -> list[tuple[str, float]]:
+        """(id, settle time) of bundles in a final status that settled in (after, until],
+        oldest first (or, with `newest`, the newest `limit` of them, still oldest first).
+
+        The audit's walk over the final-status indexes, whose score is the settle time.
+        """
+        low = "-inf" if after is None else f"({after!r}"
+        high = "+inf" if until is None else repr(until)
+        page = {"start": 0, "num": limit} if limit is not None else {}
+        merged: list[tuple[str, float]] = []
+        for status in sorted(FINAL):
+            key = self._status_key(status)
+            if newest:
+                rows = self.redis.zrevrangebyscore(key, high, low, withscores=True, **page)
+            else:
+                rows = self.redis.zrangebyscore(key, low, high, withscores=True, **page)
+            merged += [(i.decode() if isinstance(i, bytes) else i, score) for i, score in rows]
+        merged.sort(key=lambda row: row[1])
+        if limit is None:
+            return merged
+        return merged[-limit:] if newest else merged[:limit]
+
+    def many(self, ids: list[str]) -> list[Bundle]:
+        """The bundles with these ids that exist, in one round trip."""
+        return self._many(list(ids))
 
     def _many(self, ids: list[bytes | str]) -> list[Bundle]:
         if not ids:
@@ -179,7 +223,7 @@ class BundleStore:
                 new.version,
                 new.model_dump_json(),
                 str(new.status),
-                new.updated_at.timestamp(),
+                _score(new),
                 new.vip_bundle_id,
                 event.name() if event else "",
                 _json(message) if message else "",
@@ -220,6 +264,15 @@ class BundleStore:
         assert bundle is not None
         return bundle, bundle.starts[field.removeprefix(STARTS)]
 
+    def audit_cursor(self) -> float | None:
+        """The settle time up to which the periodic audit has looked (None: never ran)."""
+        value = self.redis.get(f"{self.prefix}audit:cursor")
+        return float(value) if value is not None else None
+
+    def advance_audit_cursor(self, settled_until: float) -> float:
+        """Move the cursor to `settled_until` unless it is further already; where it is now."""
+        return float(self._advance(keys=[f"{self.prefix}audit:cursor"], args=[repr(settled_until)]))
+
     def first_time(self, message_id: str, ttl_s: int = 7 * 24 * 3600) -> bool:
         """True the first time a message id is seen (duplicate-delivery guard)."""
         return bool(self.redis.set(f"{self.prefix}seen:{message_id}", 1, nx=True, ex=ttl_s))
@@ -237,6 +290,14 @@ def _from_hash(fields: Mapping[bytes | str, bytes | str]) -> Bundle | None:
         return None
     starts = {k.removeprefix(STARTS): int(v) for k, v in data.items() if k.startswith(STARTS)}
     return Bundle.model_validate_json(doc).model_copy(update={"starts": starts})
+
+
+def _score(bundle: Bundle) -> float:
+    # A final status is scored by when the bundle settled, so noting drift later neither moves
+    # it among the recent ones nor past the audit's cursor; elsewhere by its last change (the
+    # reconciler's "unchanged for").
+    at = bundle.status_since() if bundle.status in FINAL else bundle.updated_at
+    return at.timestamp()
 
 
 def _json(message: dict) -> str:

@@ -1,6 +1,8 @@
-"""What one benchmark run stands on: Redis, the simulator subprocess, one worker, a key prefix.
+"""What one benchmark run stands on: a Redis database of its own, the simulator, one worker.
 
-Everything here is started by the run and stopped by it; the run's keys are deleted at the end.
+Everything here is started by the run and stopped by it. The run claims an unused database on
+the Redis server of REDIS_URL (or on a private redis-server with --private-redis), as
+deployments sharing a Redis are told apart, and empties it at the end.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import redis
 
+from adapters.settings import get_settings
 from partner_simulator.server import start_subprocess
 from vip_bundles import local_stack
 
@@ -42,33 +45,36 @@ class Stack:
 @contextlib.contextmanager
 def running(pool: str, concurrency: int, private_redis: bool) -> Iterator[Stack]:
     """Start Redis (if need be), the simulator and one worker; stop them and delete the keys."""
-    prefix = f"vip-bundles-bench-{uuid.uuid4().hex[:8]}:"
     url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     found = local_stack.start_redis_server() if private_redis else local_stack.ensure_redis(url)
+    # A database of the run's own on that server: no other worker consumes its queues, and
+    # nothing of anyone else's is touched. Claimed before anything reads the settings.
+    db = local_stack.claim_database(local_stack.server_url_of(found.url))
     sim_proc: subprocess.Popen[bytes] | None = None
     worker: local_stack.Worker | None = None
     logdir: Path | None = Path(tempfile.mkdtemp(prefix="vip-bundles-bench-"))
     try:
         sim_proc, sim_url = start_subprocess()
         # Settings are read once per process: set them before anything imports `tasks`.
-        env = {"REDIS_URL": found.url, "KEY_PREFIX": prefix, "GATEWAY_URL": sim_url}
+        env = {"REDIS_URL": db.url, "GATEWAY_URL": sim_url}
         os.environ.update(env)
-        for name in ("BROKER_URL", "RESULT_BACKEND"):  # broker and backend on this Redis
+        for name in ("BROKER_URL", "RESULT_BACKEND", "KEY_PREFIX"):  # defaults, on this Redis
             os.environ.pop(name, None)
+        prefix = get_settings().key_prefix
         # The one change to a production worker: it also loads the baseline's two tasks.
         # Celery's CLI reads CELERY_WORKER_INCLUDE as `worker --include`, so local_stack,
         # celeryconfig and the task list stay as they are.
         worker_env = local_stack.celery_env(**env, CELERY_WORKER_INCLUDE=BASELINE_MODULE)
         worker = local_stack.start_worker(
             worker_env,
-            name=f"bench-{prefix[-9:-1]}@localhost",
+            name=f"bench-{uuid.uuid4().hex[:8]}@localhost",
             concurrency=concurrency,
             pool=pool,
             logdir=logdir,
         )
         yield Stack(
             prefix=prefix,
-            redis_url=found.url,
+            redis_url=db.url,
             redis_how=found.how,
             sim_url=sim_url,
             sim_pid=sim_proc.pid,
@@ -85,8 +91,7 @@ def running(pool: str, concurrency: int, private_redis: bool) -> Iterator[Stack]
             worker.stop()
         if sim_proc is not None:
             local_stack.stop_process(sim_proc)
-        with contextlib.suppress(redis.RedisError):
-            delete_prefix(redis.Redis.from_url(found.url), prefix)
+        db.release()
         found.stop()
         if logdir is not None:
             shutil.rmtree(logdir, ignore_errors=True)
@@ -107,19 +112,6 @@ def worker_settings(pool: str, concurrency: int) -> dict[str, object]:
         "result_extended": c.result_extended,
         "loglevel": "INFO",
     }
-
-
-def delete_prefix(r: redis.Redis, prefix: str) -> int:
-    """Delete every key of the run (UNLINK in batches; 100k keys take well under a second)."""
-    deleted, batch = 0, []
-    for key in r.scan_iter(match=f"{prefix}*", count=5000):
-        batch.append(key)
-        if len(batch) >= 5000:
-            deleted += r.unlink(*batch)
-            batch.clear()
-    if batch:
-        deleted += r.unlink(*batch)
-    return deleted
 
 
 # --- CPU of the processes we started -------------------------------------------------------------

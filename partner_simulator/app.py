@@ -4,6 +4,23 @@ Everything lives in one `SimulatorState`. Handlers are async but never `await` b
 and updating state (the only awaits are reading the body and the injected delay, both before
 any check), so on the single event loop each request's check-and-update is atomic: two requests
 racing for the last seats can never both get them, and a replayed key is never booked twice.
+
+The partner GET lists answer every record, as the contract says; courtesy filters, served from
+indexes, narrow them: `?reference_id=` / `?flight_id=` (flight tickets), `?payment_reference=`
+(refunds), `?ticket_id=` (receipts).
+
+Controls under `/_sim` (never logged, delayed or faulted):
+- `GET /_sim/health`, `GET /_sim/calls?since=&path_prefix=`, `POST /_sim/reset`.
+- `GET|PUT /_sim/flights/{flight_id}`, `GET|PUT /_sim/shows/{event_id}` `{"seats": N}`.
+- `POST|GET|DELETE /_sim/faults`, `GET|PUT /_sim/latency` `{"delay_ms": N}`.
+- Read-only views that leave the call log alone: `GET /_sim/flight-tickets`, `/_sim/refunds`,
+  `/_sim/receipts` (same filters as the partner lists).
+- Drift, to change partner records behind the product's back (what `vip-bundles audit` finds):
+  `POST /_sim/flight-tickets/{ticket_id}/revive` un-cancels a flight ticket (its seat is taken
+  again), `DELETE /_sim/refunds/{payment_reference}` forgets every refund of that ticket
+  (`{"forgotten": n}`), `POST /_sim/receipts/{ticket_id}/unvoid` un-voids a receipt. Each
+  answers the record as it is now, or 404 for an unknown ticket. Cancelling a finalized
+  bundle's flight ticket needs no control: the partner's own DELETE does it.
 """
 
 from __future__ import annotations
@@ -164,7 +181,9 @@ class SimulatorState:
     flight_tickets: dict[str, dict[str, Any]] = field(default_factory=dict)
     tickets_by_reference: dict[str, list[str]] = field(default_factory=dict)
     tickets_by_flight: dict[str, list[str]] = field(default_factory=dict)
-    refunds: list[dict[str, Any]] = field(default_factory=list)
+    # Refunds by an internal id (insertion order is the list order), indexed by the ticket paid.
+    refunds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    refunds_by_reference: dict[str, list[str]] = field(default_factory=dict)
     receipts: dict[str, dict[str, Any]] = field(default_factory=dict)
     # First answer per (path, idempotency key).
     answers: dict[tuple[str, str], Answer] = field(default_factory=dict)
@@ -269,15 +288,24 @@ class SimulatorState:
 
     def refund(self, req: RefundIn) -> Answer:
         refund_id = str(uuid.uuid4())
-        self.refunds.append(
-            {
-                "refund_id": refund_id,
-                "payment_reference": req.payment_reference,
-                "reason": req.reason,
-                "deduplication_id": req.deduplication_id,
-            }
-        )
+        self.refunds[refund_id] = {
+            "payment_reference": req.payment_reference,
+            "reason": req.reason,
+            "deduplication_id": req.deduplication_id,
+        }
+        self.refunds_by_reference.setdefault(req.payment_reference, []).append(refund_id)
         return Answer(201, {"refund_id": refund_id, "payment_reference": req.payment_reference})
+
+    def list_refunds(self, payment_reference: str | None = None) -> list[dict[str, Any]]:
+        if payment_reference is None:
+            return list(self.refunds.values())
+        return [self.refunds[i] for i in self.refunds_by_reference.get(payment_reference, [])]
+
+    def list_receipts(self, ticket_id: str | None = None) -> list[dict[str, Any]]:
+        if ticket_id is None:
+            return list(self.receipts.values())
+        receipt = self.receipts.get(ticket_id)
+        return [receipt] if receipt is not None else []
 
     def void_receipt(self, req: VoidReceiptIn) -> Answer:
         receipt = self.receipts.get(req.ticket_id)
@@ -287,6 +315,34 @@ class SimulatorState:
             receipt["voided"] = True
             receipt["void_reason"] = req.reason
         return Answer(200, {"ticket_id": req.ticket_id, "voided": True})
+
+    # -- drift: partner records changed behind the product's back (controls only) -------------
+
+    def revive_flight_ticket(self, ticket_id: str) -> dict[str, Any] | None:
+        """Un-cancel a ticket (its seat taken again), as if the cancellation never happened."""
+        ticket = self.flight_tickets.get(ticket_id)
+        if ticket is None:
+            return None
+        if ticket["cancelled"]:
+            ticket["cancelled"] = False
+            flight_id = ticket["flight_id"]
+            self.flight_seats[flight_id] = self.flight_seats.get(flight_id, self.default_seats) - 1
+        return ticket
+
+    def forget_refunds(self, payment_reference: str) -> int:
+        """Drop every refund of one payment; how many there were."""
+        ids = self.refunds_by_reference.pop(payment_reference, [])
+        for refund_id in ids:
+            del self.refunds[refund_id]
+        return len(ids)
+
+    def unvoid_receipt(self, ticket_id: str) -> dict[str, Any] | None:
+        receipt = self.receipts.get(ticket_id)
+        if receipt is None:
+            return None
+        receipt["voided"] = False
+        receipt["void_reason"] = None
+        return receipt
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,11 +456,11 @@ def _list_tickets(state: SimulatorState, request: Request, body: Any) -> Answer:
 
 
 def _list_refunds(state: SimulatorState, request: Request, body: Any) -> Answer:
-    return Answer(200, list(state.refunds))
+    return Answer(200, state.list_refunds(request.query_params.get("payment_reference")))
 
 
 def _list_receipts(state: SimulatorState, request: Request, body: Any) -> Answer:
-    return Answer(200, list(state.receipts.values()))
+    return Answer(200, state.list_receipts(request.query_params.get("ticket_id")))
 
 
 def _not_found(state: SimulatorState, request: Request, body: Any) -> Answer:
@@ -512,10 +568,29 @@ def _sim_routes(state: SimulatorState) -> list[Route]:
         return _json(state.list_flight_tickets(q.get("reference_id"), q.get("flight_id")))
 
     async def refunds(request: Request) -> Response:
-        return _json(list(state.refunds))
+        return _json(state.list_refunds(request.query_params.get("payment_reference")))
 
     async def receipts(request: Request) -> Response:
-        return _json(list(state.receipts.values()))
+        return _json(state.list_receipts(request.query_params.get("ticket_id")))
+
+    # Drift: change partner records behind the product's back, for the audit to find.
+    async def revive_flight_ticket(request: Request) -> Response:
+        ticket_id = request.path_params["ticket_id"]
+        ticket = state.revive_flight_ticket(ticket_id)
+        if ticket is None:
+            return _json({"error": f"no flight ticket {ticket_id}"}, 404)
+        return _json(ticket)
+
+    async def forget_refunds(request: Request) -> Response:
+        forgotten = state.forget_refunds(request.path_params["payment_reference"])
+        return _json({"forgotten": forgotten})
+
+    async def unvoid_receipt(request: Request) -> Response:
+        ticket_id = request.path_params["ticket_id"]
+        receipt = state.unvoid_receipt(ticket_id)
+        if receipt is None:
+            return _json({"error": f"no receipt for ticket {ticket_id}"}, 404)
+        return _json(receipt)
 
     async def unknown(request: Request) -> Response:
         return _json({"error": f"no control {request.scope['path']}"}, 404)
@@ -537,6 +612,9 @@ def _sim_routes(state: SimulatorState) -> list[Route]:
         Route(f"{p}/flight-tickets", flight_tickets, methods=["GET"]),
         Route(f"{p}/refunds", refunds, methods=["GET"]),
         Route(f"{p}/receipts", receipts, methods=["GET"]),
+        Route(f"{p}/flight-tickets/{{ticket_id}}/revive", revive_flight_ticket, methods=["POST"]),
+        Route(f"{p}/refunds/{{payment_reference}}", forget_refunds, methods=["DELETE"]),
+        Route(f"{p}/receipts/{{ticket_id}}/unvoid", unvoid_receipt, methods=["POST"]),
         Route(f"{p}/{{rest:path}}", unknown, methods=ALL_METHODS),
     ]
 

@@ -49,15 +49,14 @@ def url_for(host: str, port: int) -> str:
 
 def uvicorn_config(app: Any, **overrides: Any) -> uvicorn.Config:
     # http="auto": httptools when installed, else h11. No access log: it costs at load.
-    return uvicorn.Config(
-        app,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        http="auto",
-        timeout_graceful_shutdown=5,
-        **overrides,
-    )
+    options: dict[str, Any] = {
+        "log_level": "warning",
+        "access_log": False,
+        "lifespan": "off",
+        "http": "auto",
+        "timeout_graceful_shutdown": 5,
+    }
+    return uvicorn.Config(app, **{**options, **overrides})
 
 
 def wait_for_health(
@@ -287,10 +286,24 @@ class SimulatorClient:
         )
         return tickets
 
-    def refunds(self) -> list[dict[str, Any]]:
-        refunds: list[dict[str, Any]] = self._get("/_sim/refunds")
+    def refunds(self, payment_reference: str | None = None) -> list[dict[str, Any]]:
+        params = {"payment_reference": payment_reference} if payment_reference else None
+        refunds: list[dict[str, Any]] = self._get("/_sim/refunds", params)
         return refunds
 
-    def receipts(self) -> list[dict[str, Any]]:
-        receipts: list[dict[str, Any]] = self._get("/_sim/receipts")
+    def receipts(self, ticket_id: str | None = None) -> list[dict[str, Any]]:
+        params = {"ticket_id": ticket_id} if ticket_id else None
+        receipts: list[dict[str, Any]] = self._get("/_sim/receipts", params)
         return receipts
+
+    # Drift behind the product's back, for the audit to find (see partner_simulator/app.py).
+    def revive_flight_ticket(self, ticket_id: str) -> dict[str, Any]:
+        ticket: dict[str, Any] = self._send("POST", f"/_sim/flight-tickets/{ticket_id}/revive")
+        return ticket
+
+    def forget_refunds(self, payment_reference: str) -> int:
+        return int(self._send("DELETE", f"/_sim/refunds/{payment_reference}")["forgotten"])
+
+    def unvoid_receipt(self, ticket_id: str) -> dict[str, Any]:
+        receipt: dict[str, Any] = self._send("POST", f"/_sim/receipts/{ticket_id}/unvoid")
+        return receipt

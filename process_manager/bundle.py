@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -68,6 +69,17 @@ class Cancellation(BaseModel):
     requested_by: str | None = None
 
 
+class Drift(BaseModel):
+    """A disagreement with a partner's records found by the audit after the bundle settled."""
+
+    model_config = ConfigDict(frozen=True)
+    key: str  # stable (`kind:record id`): the same disagreement is recorded once
+    kind: str
+    description: str
+    record: dict[str, Any]
+    at: datetime
+
+
 # Idempotency keys and partner references come from these business ids only, so every retry
 # and redelivery of a step sends the same key (style.md: keys from the business id).
 BOOKING_NAMESPACE = uuid.UUID("5b0c2a3e-6c1f-4b8e-9a57-2f0b1c9d7e11")
@@ -105,6 +117,7 @@ class Bundle(BaseModel):
     step_failures: int = 0  # technical failures of forward steps, for giving up in time
     last_error: str | None = None
     compensation_failures: int = 0
+    drift: list[Drift] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     version: int = 0
@@ -144,6 +157,16 @@ class Bundle(BaseModel):
 
     def flight_ticket_ids(self) -> list[str]:
         return [t for leg in Leg for t in self.flight_tickets.get(leg, [])]
+
+    def status_since(self) -> datetime:
+        """When the bundle entered its current status (for a final one: when it settled).
+
+        Self-transitions (a noted step failure, a drift finding) do not count.
+        """
+        for h in reversed(self.history):
+            if h.from_status != h.to_status:
+                return h.at
+        return self.created_at
 
     def key(self, step: str) -> str:
         """The idempotency key of one step of this bundle, the same on every retry."""

@@ -323,6 +323,16 @@ class VipBundleCancelled_v1(Event):
     cancelled_flight_ticket_ids: list[str]
 
 
+class LedgerDriftDetected_v1(Event):
+    """The audit found a partner's records disagreeing with a settled bundle (published once
+    per finding: `finding_key` is recorded on the bundle)."""
+
+    kind: str
+    finding_key: str
+    description: str
+    record: dict[str, Any]
+
+
 class StepFailed(Event):
     """A forward step failed for a technical reason; it will be tried again (history only)."""
 
@@ -358,6 +368,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         VipBundleFailed_v1,
         VipBundleCancellationRequested_v1,
         VipBundleCancelled_v1,
+        LedgerDriftDetected_v1,
         StepFailed,
         RollbackResumed,
         CancellationResumed,

@@ -12,7 +12,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from process_manager.bundle import UNDOING, Bundle, Cancellation, Failure, HistoryEntry, Status
+from process_manager.audit import Finding
+from process_manager.bundle import (
+    UNDOING,
+    Bundle,
+    Cancellation,
+    Drift,
+    Failure,
+    HistoryEntry,
+    Status,
+)
 from process_manager.messages import (
     BookFlight,
     BookingFailed_v1,
@@ -27,6 +36,7 @@ from process_manager.messages import (
     FlightBooked_v1,
     FlightBookingFailed_v1,
     FlightTicketsCancelled_v1,
+    LedgerDriftDetected_v1,
     Leg,
     RefundTicket,
     ResolveBooking,
@@ -89,6 +99,11 @@ TRANSITIONS: dict[tuple[Status, type[Event]], Status] = {
         for state in (S.ROLLING_BACK, S.CANCELLING, S.COMPENSATION_FAILED)
         for event in (BookingMade_v1, BookingFailed_v1, FlightBooked_v1, FlightBookingFailed_v1)
     },
+    # The audit found a partner's records disagreeing with a settled bundle: noted, once per
+    # finding (a repeat is refused), the status stays (process_manager/audit.py).
+    (S.FINALIZED, LedgerDriftDetected_v1): S.FINALIZED,
+    (S.FAILED, LedgerDriftDetected_v1): S.FAILED,
+    (S.CANCELLED, LedgerDriftDetected_v1): S.CANCELLED,
 }
 
 # The forward path: which step runs in which state, in chain order.
@@ -491,6 +506,21 @@ def cancelled(bundle: Bundle) -> Event:
     )
 
 
+def drift_detected(bundle: Bundle, finding: Finding) -> Event | None:
+    """The event for a finding not yet recorded on this bundle, as audited; else None."""
+    if finding.status is not bundle.status or any(d.key == finding.key for d in bundle.drift):
+        return None
+    return _new(
+        bundle,
+        LedgerDriftDetected_v1,
+        f"drift-{finding.key}",
+        kind=finding.kind.value,
+        finding_key=finding.key,
+        description=finding.description,
+        record=finding.record,
+    )
+
+
 # --- applying an event to the bundle ------------------------------------------------------------
 
 
@@ -587,6 +617,15 @@ def _changes(bundle: Bundle, event: Event) -> dict[str, Any]:
             raise IllegalTransition("a parked cancellation resumes as a cancellation")
         case CancellationResumed() if bundle.cancellation is None:
             raise IllegalTransition("a parked rollback resumes as a rollback")
+        case LedgerDriftDetected_v1(
+            finding_key=key, kind=kind, description=description, record=record, header=header
+        ):
+            if any(d.key == key for d in bundle.drift):
+                raise IllegalTransition(f"drift {key} is already recorded")
+            drift = Drift(
+                key=key, kind=kind, description=description, record=record, at=header.published_at
+            )
+            return {"drift": [*bundle.drift, drift]}
         case _:
             return {}
 
@@ -620,7 +659,7 @@ def _check_leg(bundle: Bundle, leg: Leg) -> None:
 
 
 def _detail(event: Event) -> str | None:
-    for field in ("reason", "ticket_id", "leg"):
+    for field in ("reason", "ticket_id", "leg", "finding_key"):
         value = getattr(event, field, None)
         if value is not None:
             return f"{field}={value}"

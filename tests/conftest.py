@@ -27,6 +27,10 @@ atexit.register(RUN_DB.release)
 # (KEY_PREFIX, queue names) stays at the product's defaults.
 os.environ["REDIS_URL"] = RUN_DB.url
 os.environ.pop("KEY_PREFIX", None)
+# The session's partner simulator listens here, so that this process's settings (read once)
+# point at it too: the in-process worker of tests/canvas calls the partners from here.
+SIMULATOR_PORT = local_stack.free_port()
+os.environ["GATEWAY_URL"] = f"http://127.0.0.1:{SIMULATOR_PORT}"
 # Quick retries and short timeouts, so fault scenarios take seconds, not minutes.
 os.environ.setdefault("HTTP_TIMEOUT_S", "2")
 os.environ.setdefault("HTTP_RETRY_ATTEMPTS", "4")
@@ -62,7 +66,7 @@ def claim_db() -> Iterator[Callable[[], str]]:
 
 @pytest.fixture(scope="session")
 def simulator() -> Iterator[SimulatorServer]:
-    with SimulatorServer() as server:
+    with SimulatorServer(port=SIMULATOR_PORT) as server:
         yield server
 
 

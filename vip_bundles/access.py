@@ -33,7 +33,8 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_CORRELATION_ID = 128
 CHALLENGE = 'Bearer realm="vip-bundles", Basic realm="vip-bundles"'
 OPEN = frozenset[str]()  # a route anyone may call
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -127,6 +128,9 @@ def correlation_id_problem(value: str) -> str | None:
         return f"at most {MAX_CORRELATION_ID} characters"
     if _CONTROL.search(value):
         return "control characters are not allowed"
+    if not _PRINTABLE_ASCII.fullmatch(value):
+        # It is copied into every partner call's headers, which carry ASCII only.
+        return "printable ASCII characters only"
     return None
 
 

@@ -218,6 +218,68 @@ def list_(
     console.print(table)
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _since(text: str) -> float:
+    """`--since`: an ISO-8601 time (UTC unless it says otherwise) or an age: 90s, 15m, 2h, 7d."""
+    from datetime import UTC, datetime
+
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        return time.time() - float(number) * _UNITS[unit]
+    except ValueError:
+        pass
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(
+            "an ISO-8601 time or an age like 15m", param_hint="--since"
+        ) from None
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+
+
+@cli.command()
+def audit(
+    since: Annotated[
+        str | None,
+        typer.Option(help="only bundles settled since: ISO-8601 time or age (90s, 15m, 2h, 7d)"),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="only the most recently settled N bundles")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per finding")] = False,
+) -> None:
+    """Compare settled bundles with the partners' records; exit 1 if anything disagrees."""
+    from adapters.partners import PartnerError
+    from adapters.settings import get_settings
+    from tasks.audit import audit as run_audit
+    from tasks.celery_app import partners, store
+
+    after = _since(since) if since else None
+    until = time.time()
+    ids = [i for i, _ in store().settled(after=after, until=until, limit=limit, newest=True)]
+    checked = found = 0
+    try:
+        for _, findings in run_audit(
+            store(), partners(), ids, until, get_settings().audit_filtered_calls
+        ):
+            checked += 1
+            for f in findings:
+                found += 1
+                if as_json:
+                    line = json.dumps(f.to_dict(), separators=(",", ":"))
+                else:
+                    record = json.dumps(f.record, separators=(",", ":"))
+                    line = f"{f.vip_bundle_id} {f.status} {f.kind}: {f.description}; {record}"
+                sys.stdout.write(line + "\n")
+    except PartnerError as exc:
+        sys.stderr.write(f"audit: a partner list could not be read: {exc}\n")
+        raise typer.Exit(2) from None
+    sys.stderr.write(f"audited {checked} settled bundles: {found} findings\n")
+    raise typer.Exit(1 if found else 0)
+
+
 @cli.command()
 def simulator(
     host: Annotated[str, typer.Option()] = "127.0.0.1",

@@ -64,6 +64,10 @@ def bundle_view(bundle: Bundle) -> dict[str, Any]:
         "last_error": data["last_error"],
         "step_failures": data["step_failures"],
         "compensation_failures": data["compensation_failures"],
+        # What the audit found at the partners after the bundle settled, oldest first.
+        "drift": [
+            {k: d[k] for k in ("key", "kind", "description", "record", "at")} for d in data["drift"]
+        ],
         "history": [
             {
                 "at": h["at"],
@@ -136,12 +140,14 @@ LATE_STEP = {
     "BookingFailed_v1": "book show tickets: booked nothing",
     "FlightBooked_v1": "book flight: late outcome, to be undone",
     "FlightBookingFailed_v1": "book flight: booked nothing",
+    "LedgerDriftDetected_v1": "audit: partner records disagree",
 }
 FAILURE_EVENTS = {
     "BookingFailed_v1",
     "FlightBookingFailed_v1",
     "StepFailed",
     "CompensationFailed_v1",
+    "LedgerDriftDetected_v1",
 }
 UNDO_EVENTS = {
     "TicketRefunded_v1",

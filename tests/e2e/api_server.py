@@ -11,7 +11,7 @@ import httpx
 import uvicorn
 
 from partner_simulator.server import bind_socket, url_for, uvicorn_config
-from vip_bundles.api import create_app
+from vip_bundles.api import create_app, http_protocol
 
 
 @contextmanager
@@ -19,7 +19,8 @@ def api_server(timeout: float = 15) -> Iterator[str]:
     """Serve `create_app()` on a free port; yield its base URL, stop it on exit."""
     sock = bind_socket("127.0.0.1", 0)  # bound before the thread starts: no race for the port
     url = url_for("127.0.0.1", sock.getsockname()[1])
-    server = uvicorn.Server(uvicorn_config(create_app()))
+    # The same HTTP protocol as `vip-bundles api` (control characters reach the door's checks).
+    server = uvicorn.Server(uvicorn_config(create_app(), http=http_protocol()))
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="vip-bundles-api", daemon=True
     )

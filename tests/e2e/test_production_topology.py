@@ -7,7 +7,9 @@ Everything here goes through RabbitMQ, so the session's Redis-broker worker neve
 from __future__ import annotations
 
 import os
+import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,9 +38,9 @@ pytestmark = pytest.mark.skipif(not rabbitmq_answers(), reason=f"no RabbitMQ at 
 
 
 class Topology:
-    def __init__(self, redis_url: str, env: dict[str, str], logdir: Path) -> None:
+    def __init__(self, redis_url: str, broker_url: str, env: dict[str, str], logdir: Path) -> None:
         # What another service would build: only celery, our broker, our result backend.
-        self.app = Celery(broker=AMQP_URL, backend=redis_url)
+        self.app = Celery(broker=broker_url, backend=redis_url)
         self.env = env
         self.logdir = logdir
         self.booking = local_stack.start_worker(
@@ -75,11 +77,33 @@ class Topology:
 
 
 @pytest.fixture(scope="module")
-def topology(worker_env: dict[str, str], redis_url: str, logdir: Path) -> Iterator[Topology]:
-    env = {**worker_env, "BROKER_URL": AMQP_URL, "STALE_AFTER_S": "2", "RECONCILE_EVERY_S": "1"}
-    t = Topology(redis_url, env, logdir)
-    for queue in (*BOOKING, *COMPENSATION):
-        t.purge(queue)  # leftovers of an earlier run name bundles this run does not have
+def vhost() -> Iterator[str]:
+    """A RabbitMQ vhost of this run's own, as deployments sharing a RabbitMQ are told apart."""
+    name = f"vip-bundles-test-{uuid.uuid4().hex[:8]}"
+    try:
+        for args in (
+            ["add_vhost", name],
+            ["set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+        ):
+            subprocess.run(
+                ["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60
+            )
+    except (OSError, subprocess.SubprocessError):  # no rabbitmqctl here: the default vhost
+        yield AMQP_URL
+        return
+    yield f"{AMQP_URL.rstrip('/')}/{name}"
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", name], capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def topology(
+    worker_env: dict[str, str], redis_url: str, logdir: Path, vhost: str
+) -> Iterator[Topology]:
+    env = {**worker_env, "BROKER_URL": vhost, "STALE_AFTER_S": "2", "RECONCILE_EVERY_S": "1"}
+    t = Topology(redis_url, vhost, env, logdir)
+    if vhost == AMQP_URL:
+        for queue in (*BOOKING, *COMPENSATION):
+            t.purge(queue)  # a shared vhost: leftovers of an earlier run name unknown bundles
     yield t
     t.stop()
 

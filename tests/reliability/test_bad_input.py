@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from kombu import Connection, Producer
 
@@ -346,6 +346,93 @@ def test_malformed_requests_to_the_http_door_answer_422_and_store_nothing(redis_
         ],
         bundles=0,
         answered_422=answers.count(422),
+        served_after=alive,
+    )
+    assert after == before
+    assert alive == 200
+
+
+def test_hostile_headers_and_bodies_never_get_a_500(redis_url, record):
+    """Correlation-ID values of any length and character, bodies nested to any depth or over
+    the size limit, unknown headers: each gets its `{"errors": [...]}` answer, never a 500."""
+    from tests.e2e.api_server import api_server
+
+    answers: list[int] = []
+    before = sum(session_store().count(status) for status in Status)
+    with api_server() as url, httpx.Client(base_url=url, timeout=30) as http:
+
+        def post(content: bytes, headers: dict[str, Any] | None = None) -> httpx.Response:
+            try:
+                response = http.post("/book-vip-bundle", content=content, headers=headers)
+            except httpx.LocalProtocolError:  # the client itself will not send that header
+                assume(False)
+            answers.append(response.status_code)
+            assert response.status_code < 500, response.text
+            assert response.json()["errors"], response.text
+            return response
+
+        correlation_ids = st.text(
+            st.characters(min_codepoint=1, max_codepoint=255, exclude_characters="\r\n"),
+            min_size=1,
+            max_size=400,
+        )
+
+        @settings(EXAMPLES, max_examples=60)
+        @given(correlation_ids)
+        def correlation_id(value: str) -> None:
+            # As bytes: httpx would encode a str header as ASCII only.
+            response = post(b"{}", {"Correlation-ID": value.encode("latin-1")})
+            bad = len(value) > 128 or any(not 32 <= ord(c) <= 126 for c in value)
+            fields = [e["field"] for e in response.json()["errors"]]
+            if bad:
+                assert response.status_code == 422 and fields == ["Correlation-ID"], value
+            else:
+                assert "Correlation-ID" not in fields
+
+        @settings(EXAMPLES, max_examples=30)
+        @given(st.integers(min_value=1, max_value=30_000), st.sampled_from(["[", '{"a":']))
+        def nested(depth: int, opener: str) -> None:
+            closer = "]" if opener == "[" else "}"
+            body = opener * depth + "1" + closer * depth
+            response = post(body.encode())
+            size_ok = len(body) <= 64 * 1024
+            assert response.status_code == (422 if size_ok else 413)
+
+        @settings(EXAMPLES, max_examples=10)
+        @given(st.integers(min_value=64 * 1024 + 1, max_value=4 * 1024 * 1024))
+        def oversized(size: int) -> None:
+            response = post(b" " * size)
+            assert response.status_code == 413
+            assert response.json()["errors"][0]["field"] == "body"
+
+        @settings(EXAMPLES, max_examples=30)
+        @given(
+            st.dictionaries(
+                st.from_regex(r"\AX-[A-Za-z0-9-]{1,20}\Z"),
+                st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=200),
+                max_size=5,
+            )
+        )
+        def unknown_headers(headers: dict[str, str]) -> None:
+            post(b"{}", headers)
+
+        correlation_id()
+        nested()
+        oversized()
+        unknown_headers()
+        alive = http.get("/health").status_code
+    after = sum(session_store().count(status) for status in Status)
+    record(
+        "7-bad-http-headers",
+        "Bad input: HTTP headers, nesting and size",
+        _empty_report(after - before),
+        faults=[
+            f"{len(answers)} hostile requests (hypothesis: 60 Correlation-IDs, 30 nested "
+            "bodies, 10 oversized bodies, 30 sets of unknown headers)"
+        ],
+        bundles=0,
+        answered_4xx=sum(1 for a in answers if 400 <= a < 500),
+        answered_5xx=sum(1 for a in answers if a >= 500),
         served_after=alive,
     )
     assert after == before

@@ -210,7 +210,6 @@ def test_refund_is_201_and_listed(http: httpx.Client, sim: SimulatorClient) -> N
     uuid.UUID(answer["refund_id"])
     assert http.get(REFUNDS).json() == [
         {
-            "refund_id": answer["refund_id"],
             "payment_reference": "t1",
             "reason": "rollback",
             "deduplication_id": body["deduplication_id"],
