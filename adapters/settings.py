@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     # courtesy filters); beyond it, it fetches each whole list once. 0: always whole lists.
     audit_filtered_calls: int = Field(default=20, ge=0)
 
+    # Celery task events from the start (Flower turns them on in running workers anyway).
+    task_events: bool = False
+
     # At-least-once delivery on Redis: unacked messages come back after this long, so it must be
     # longer than any task's run, countdown or ETA (celery-notes.md).
     visibility_timeout_s: int = 3600

@@ -14,16 +14,20 @@ from bench.run import Options, main
 def parse(argv: list[str] | None = None) -> Options:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--bundles", type=int, default=500, help="flows per section under load")
-    p.add_argument("--concurrency", type=int, default=4, help="worker pool size")
+    p.add_argument(
+        "--concurrency",
+        default="2,4",
+        help="worker pool sizes, comma-separated: the whole run once for each",
+    )
     p.add_argument("--pool", default="prefork", help="worker pool (prefork, threads, solo)")
     p.add_argument(
         "--window",
         type=int,
         default=0,
-        help="flows in flight at once (closed loop); default 2 x concurrency",
+        help="flows in flight at once (closed loop); default 2 x the concurrency",
     )
     p.add_argument("--seed-small", type=int, default=1_000, help="bundles stored, small case")
-    p.add_argument("--seed-large", type=int, default=100_000, help="bundles stored, large case")
+    p.add_argument("--seed-large", type=int, default=1_000_000, help="bundles stored, large case")
     p.add_argument(
         "--light-flows", type=int, default=0, help="flows one at a time; default bundles / 2"
     )
@@ -46,9 +50,9 @@ def parse(argv: list[str] | None = None) -> Options:
         args.bundles, args.seed_small, args.seed_large, args.rounds = 8, 50, 500, 1
     return Options(
         bundles=args.bundles,
-        concurrency=args.concurrency,
+        concurrency=tuple(int(c) for c in str(args.concurrency).split(",")),
         pool=args.pool,
-        window=args.window or 2 * args.concurrency,
+        window=args.window,
         seed_small=args.seed_small,
         seed_large=args.seed_large,
         json_path=args.json_path,

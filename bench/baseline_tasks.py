@@ -1,13 +1,19 @@
-"""The baseline: a bare Celery chain of no-op tasks that make one partner GET each.
+"""The baseline: a bare Celery chain that makes the same partner calls as a successful bundle.
+
+Three tasks (POST the show booking, PUT the inbound flight, PUT the return flight, each with
+its idempotency key in the body and the `Idempotency-Key` header, through the same partner
+client and retry policy as the saga) and one task that appends to a Redis stream, as the saga
+appends its events. No state, no checks, no error callbacks: what Celery alone costs.
 
 Registered on the production app (same broker, serializer, acks, events and routing) but loaded
 only by the benchmark's worker (CELERY_WORKER_INCLUDE=bench.baseline_tasks), never by `-A tasks`
-alone. `ignore_result=True` as on the saga's forward steps, so both pay the same for results.
+alone. `ignore_result=True` as on the saga's steps, so both pay the same for results.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 
 from celery import chain
 from celery.canvas import Signature
@@ -15,25 +21,47 @@ from celery.canvas import Signature
 from adapters.settings import get_settings
 from tasks.celery_app import app, partners, redis_client
 
-STEPS = 4  # as many tasks as a successful bundle's chain: show, inbound, return, finalize
+STEPS = 4  # as many tasks as a successful bundle: intake, show, inbound, return (+ finalize)
+NAMESPACE = uuid.UUID("0c9d9a52-6a0e-4b52-8a70-2a9d4a0b1e55")
 
 
-def done_key() -> str:
-    """Where the last task of each chain reports `<chain id> <finish time>`."""
+def done_stream() -> str:
+    """Where the last task of each chain appends `chain_id` (the driver XREADs it)."""
     return f"{get_settings().key_prefix}bench:baseline-done"
 
 
-@app.task(name="bench.baseline.step", ignore_result=True)
-def step(chain_id: str) -> None:
-    # The same client, retries and routing as a saga step; a GET the simulator answers with [].
-    partners().flight_tickets(reference_id=chain_id)
+@app.task(name="bench.baseline.show", ignore_result=True)
+def show(chain_id: str, show_id: str) -> None:
+    partners().book_show_tickets(
+        booking_id=str(uuid.uuid5(NAMESPACE, chain_id)),
+        customer_address="bench@example.com",
+        event_id=show_id,
+        number_of_tickets=2,
+        correlation_id=chain_id,
+    )
 
 
-@app.task(name="bench.baseline.last", ignore_result=True)
-def last(chain_id: str) -> None:
-    step(chain_id)
-    redis_client().rpush(done_key(), f"{chain_id} {time.time()}")
+@app.task(name="bench.baseline.flight", ignore_result=True)
+def flight(chain_id: str, leg: str, flight_id: str) -> None:
+    partners().book_flight(
+        customer_email="bench@example.com",
+        flight_id=flight_id,
+        passenger_names=["Ann Lee", "Bob Lee"],
+        reference_id=chain_id,
+        idempotency_key=f"{chain_id}:flight-{leg}",
+        correlation_id=chain_id,
+    )
 
 
-def baseline_chain(chain_id: str) -> Signature:
-    return chain(*[step.si(chain_id) for _ in range(STEPS - 1)], last.si(chain_id))
+@app.task(name="bench.baseline.done", ignore_result=True)
+def done(chain_id: str) -> None:
+    redis_client().xadd(done_stream(), {"chain_id": chain_id, "at": repr(time.time())})
+
+
+def baseline_chain(chain_id: str, show_id: str, inbound_id: str, return_id: str) -> Signature:
+    return chain(
+        show.si(chain_id, show_id),
+        flight.si(chain_id, "inbound", inbound_id),
+        flight.si(chain_id, "return", return_id),
+        done.si(chain_id),
+    )

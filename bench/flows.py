@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import redis
 from celery.result import AsyncResult
 
-from bench.baseline_tasks import baseline_chain, done_key
+from bench.baseline_tasks import baseline_chain, done_stream
 from celeryconfig import INTAKE_QUEUE
 from tasks.celery_app import app
 
@@ -36,31 +36,36 @@ class Flow(Protocol):
 
 
 class BaselineFlow:
-    def __init__(self, r: redis.Redis) -> None:
+    """Bare chains with the saga's partner calls; each ends by appending to a stream."""
+
+    def __init__(self, r: redis.Redis, request: dict[str, Any]) -> None:
         self.r = r
-        self.key = done_key()
+        self.stream = done_stream()
+        self.request = request
         self.own: Counter[str] = Counter()
         self.finished: dict[str, float] = {}  # chain id -> time its last task ended
+        newest = r.xrevrange(self.stream, count=1)
+        self.last_id: bytes | str = newest[0][0] if newest else "0-0"
 
     def send(self) -> tuple[str, float]:
         chain_id = uuid.uuid4().hex
         at = time.time()
-        baseline_chain(chain_id).apply_async()
+        r = self.request
+        baseline_chain(
+            chain_id, r["show_id"], r["inbound_flight_id"], r["return_flight_id"]
+        ).apply_async()
         return chain_id, at
 
     def completed(self, block_s: float) -> list[str]:
-        self.own["blpop"] += 1
-        first = self.r.blpop([self.key], timeout=block_s)
-        if first is None:
-            return []
-        self.own["lpop"] += 1
-        rest = self.r.lpop(self.key, 1000) or []
+        self.own["xread"] += 1
+        reply = self.r.xread({self.stream: self.last_id}, count=5000, block=int(block_s * 1000))
         out = []
-        for raw in [first[1], *rest]:
-            chain_id, at = raw.decode().split()
-            self.finished[chain_id] = float(at)
-            out.append(chain_id)
-        self.own["rpush"] += len(out)  # the last task's report exists only for the benchmark
+        for _, entries in reply or []:
+            for entry_id, fields in entries:
+                self.last_id = entry_id
+                chain_id = fields[b"chain_id"].decode()
+                self.finished[chain_id] = float(fields[b"at"])
+                out.append(chain_id)
         return out
 
 

@@ -14,8 +14,8 @@ from typing import Any
 from bench.sections import Section, percentile
 
 # The targets.
-MIN_THROUGHPUT_RATIO = 0.8  # saga bundles/s over baseline chains/s
-MAX_ROLLBACK_P99_RATIO = 2.0  # compensation p99 over the baseline chain's p99
+MIN_THROUGHPUT_RATIO = 0.9  # saga bundles/s over baseline chains/s
+MAX_ROLLBACK_P99_RATIO = 1.5  # compensation p99 over the baseline chain's p99, one at a time
 # "No growth" from the small to the large store: counts may not grow; timings, taken relative
 # to the baseline of the same round, may move only within a shared machine's noise.
 MAX_COMMANDS_GROWTH = 1.05
@@ -160,16 +160,13 @@ def ratios(k: dict[str, list[Section]]) -> dict[str, Any]:
     }
     out["scale_large_over_small"] = scale
     light = out["rollback_p99_over_baseline_p99_one_at_a_time"]["median"]
-    loaded = out["rollback_p99_over_baseline_p99_under_load"]["median"]
     out["targets"] = {
         f"saga throughput >= {MIN_THROUGHPUT_RATIO}x baseline": out[
             "throughput_saga_over_baseline"
         ]["median"]
         >= MIN_THROUGHPUT_RATIO,
-        f"rollback p99 < {MAX_ROLLBACK_P99_RATIO}x baseline p99, one flow at a time": light
-        < MAX_ROLLBACK_P99_RATIO,
-        f"rollback p99 < {MAX_ROLLBACK_P99_RATIO}x baseline p99, under load": loaded
-        < MAX_ROLLBACK_P99_RATIO,
+        f"rollback p99 <= {MAX_ROLLBACK_P99_RATIO}x baseline p99, one flow at a time": light
+        <= MAX_ROLLBACK_P99_RATIO,
         "no growth from small to large store": scale["commands_per_bundle"] <= MAX_COMMANDS_GROWTH
         and scale["redis_usec_relative_to_baseline"] <= MAX_REDIS_TIME_GROWTH
         and scale["throughput_relative_to_baseline"] >= MIN_SCALE_THROUGHPUT,

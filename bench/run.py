@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @dataclass(frozen=True)
 class Options:
     bundles: int
-    concurrency: int
+    concurrency: tuple[int, ...]
     pool: str
     window: int
     seed_small: int
@@ -71,9 +71,14 @@ def main(opts: Options) -> int:
     figures: dict[str, Any] = {"command": " ".join(sys.argv), "options": vars(opts)}
     figures["machine"] = machine()
     figures["code"] = code_version()
+    figures["runs"] = {}
     try:
-        with running(opts.pool, opts.concurrency, opts.private_redis) as stack:
-            figures.update(_sections(stack, opts))
+        # One worker per concurrency, each run on a fresh database: the same sections at 2 and 4.
+        for concurrency in opts.concurrency:
+            say(f"=== concurrency {concurrency} ===")
+            with running(opts.pool, concurrency, opts.private_redis) as stack:
+                window = opts.window or 2 * concurrency
+                figures["runs"][str(concurrency)] = _sections(stack, opts, window)
     except Exception as exc:  # a stalled or broken run still says what it got
         say(f"benchmark failed: {type(exc).__name__}: {exc}")
         figures["error"] = f"{type(exc).__name__}: {exc}"
@@ -84,10 +89,10 @@ def main(opts: Options) -> int:
         out.write_text(json.dumps(figures, indent=2, default=str))
     if "error" in figures:
         return 2
-    return 1 if figures["errors"] else 0
+    return 1 if any(run["errors"] for run in figures["runs"].values()) else 0
 
 
-def _sections(stack: Stack, opts: Options) -> dict[str, Any]:
+def _sections(stack: Stack, opts: Options, window: int) -> dict[str, Any]:
     # Imported here: `tasks` reads its settings once, and the stack has just set them.
     from bench import report
     from bench.sections import RETURN_ID, Bench, Load, request
@@ -109,7 +114,7 @@ def _sections(stack: Stack, opts: Options) -> dict[str, Any]:
             "include their traffic (use --private-redis for exact counts)"
         )
     kinds: dict[str, list[Section]] = {k: [] for k in report.KINDS}
-    loaded, light = Load(opts.bundles, opts.window), Load(opts.light_flows, 1)
+    loaded, light = Load(opts.bundles, window), Load(opts.light_flows, 1)
     seeded = {"small": seed(r, store(), opts.seed_small, request(RETURN_ID))}
     stored_small = stored(store())
     sold_out = bench.sold_out(stack.sim_url)

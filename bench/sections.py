@@ -123,8 +123,9 @@ class Bench:
 
     # --- baseline -------------------------------------------------------------------------------
 
-    def baseline(self, load: Load) -> Section:
-        flow, sent, cost = self.measured("baseline", load, lambda: BaselineFlow(self.r))
+    def baseline(self, load: Load, return_flight_id: str = "") -> Section:
+        req = request(return_flight_id or RETURN_ID)
+        flow, sent, cost = self.measured("baseline", load, lambda: BaselineFlow(self.r, req))
         assert isinstance(flow, BaselineFlow)
         done = flow.finished
         return Section(

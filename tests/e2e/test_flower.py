@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from process_manager.bundle import Status
+from tasks.celery_app import app
 from tests.helpers import Saga, request
 from vip_bundles import local_stack
 
@@ -49,7 +50,15 @@ def flower(worker_env: dict[str, str], worker: local_stack.Worker) -> Iterator[s
             time.sleep(0.2)
     else:
         raise TimeoutError("flower did not start")
-    time.sleep(1)  # let it subscribe to the worker's events before the bundle runs
+    # Workers send no task events until someone watches: Flower turns them on by itself
+    # (enable_events, every 5 s). Probe with a harmless task until Flower lists one.
+    deadline = time.monotonic() + 30
+    while not httpx.get(
+        f"{url}/api/tasks", params={"taskname": "vip_bundle.reconcile"}, auth=AUTH, timeout=5
+    ).json():
+        assert time.monotonic() < deadline, "flower never turned the worker's task events on"
+        app.send_task("vip_bundle.reconcile")
+        time.sleep(0.5)
     yield url
     local_stack.stop_process(proc)
 
