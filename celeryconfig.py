@@ -59,6 +59,7 @@ task_default_exchange = "vip-bundles"
 task_default_routing_key = BOOKING_QUEUE
 task_routes = {
     "vip_bundle.book": {"queue": INTAKE_QUEUE, "routing_key": INTAKE_QUEUE},
+    "vip_bundle.cancel": {"queue": INTAKE_QUEUE, "routing_key": INTAKE_QUEUE},
     "vip_bundle.compensation.*": {"queue": COMPENSATION_QUEUE, "routing_key": COMPENSATION_QUEUE},
     "vip_bundle.process_manager.*": {
         "queue": COMPENSATION_QUEUE,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from redis import Redis
@@ -26,11 +26,12 @@ _TRANSITION = """
 -- ARGV: expected version, new version, doc, new status, score, bundle id,
 --       event name, event json ('' = not published), stream maxlen,
 --       move ('from>to', '' on creation), moves ttl, created score, in flight ('1' or ''),
---       [on creation only: booking id]
+--       undo round (for `start`), [on creation only: booking id]
 local current = redis.call('HGET', KEYS[1], 'version')
 if current == false then current = '0' end
 if current ~= ARGV[1] then return current end
-redis.call('HSET', KEYS[1], 'version', ARGV[2], 'status', ARGV[4], 'doc', ARGV[3])
+redis.call('HSET', KEYS[1], 'version', ARGV[2], 'status', ARGV[4], 'doc', ARGV[3],
+           'round', ARGV[14])
 if KEYS[2] ~= KEYS[3] then redis.call('ZREM', KEYS[2], ARGV[6]) end
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
 if ARGV[8] ~= '' then
@@ -51,7 +52,7 @@ else
 end
 -- Search indexes: these fields never change after creation, so they are written once, here.
 if #KEYS > 7 then
-  redis.call('HSET', KEYS[8], ARGV[14], ARGV[6])
+  redis.call('HSET', KEYS[8], ARGV[15], ARGV[6])
   redis.call('ZADD', KEYS[9], ARGV[12], ARGV[6])
   redis.call('ZADD', KEYS[10], ARGV[12], ARGV[6])
 end
@@ -61,6 +62,30 @@ return 'ok'
 # Per-minute buckets of (from>to) moves live this long: the dashboard shows the last 15 minutes.
 MOVES_TTL_S = 3600
 MAX_SEARCH = 500  # matches fetched per indexed field
+
+_START = """
+-- KEYS: bundle hash
+-- ARGV: start counter field, '1' if counted per undo round, statuses the step may run in...
+-- Only in one of those statuses: count the start, return the whole hash (doc and counters).
+-- Else nothing is counted: {} for "not due", false for "no such bundle".
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == false then return false end
+for i = 3, #ARGV do
+  if ARGV[i] == status then
+    local field = ARGV[1]
+    if ARGV[2] == '1' then
+      field = field .. ':round-' .. (redis.call('HGET', KEYS[1], 'round') or '0')
+    end
+    redis.call('HINCRBY', KEYS[1], field, 1)
+    local all = redis.call('HGETALL', KEYS[1])
+    table.insert(all, 1, field)
+    return all
+  end
+end
+return {}
+"""
+
+STARTS = "starts:"
 
 # Moves the audit cursor forward only: a slow audit run finishing after a later one must not
 # send the next run back over what was done (that would only cost time: findings are recorded
@@ -95,6 +120,7 @@ class BundleStore:
         self.stream = f"{prefix}events"
         self.stream_maxlen = stream_maxlen
         self._transition = redis.register_script(_TRANSITION)
+        self._start = redis.register_script(_START)
         self._advance = redis.register_script(_ADVANCE)
 
     # --- keys ---
@@ -129,8 +155,9 @@ class BundleStore:
 
     # --- reads ---
     def get(self, bundle_id: str) -> Bundle | None:
-        doc = self.redis.hget(self._bundle_key(bundle_id), "doc")
-        return Bundle.model_validate_json(doc) if doc else None
+        """The bundle with its step start counters (one read: the document and the counters
+        come from the same hash)."""
+        return _from_hash(self.redis.hgetall(self._bundle_key(bundle_id)))
 
     def require(self, bundle_id: str) -> Bundle:
         bundle = self.get(bundle_id)
@@ -305,6 +332,7 @@ class BundleStore:
             MOVES_TTL_S,
             new.created_at.timestamp(),
             "1" if new.status in IN_FLIGHT else "",
+            new.compensation_failures,  # the undo round, for `start`
         ]
         if old is None:
             keys += [
@@ -323,14 +351,29 @@ class BundleStore:
         )
 
     # --- housekeeping ---
-    def count_start(self, bundle_id: str, step: str) -> int:
-        """Count one more start of a bundle's step; the total, redeliveries included.
+    def start(
+        self, bundle_id: str, step: str, runs_in: Iterable[str], per_round: bool = False
+    ) -> tuple[Bundle, int] | None:
+        """If the bundle's status is one of `runs_in`: count one more start of `step` and return
+        the bundle (counters included) with that count. Else None, and nothing is counted.
 
+        One script, so "is it due" and "count the start" cannot be split by a transition: once
+        a bundle is `cancelling`, no forward step starts any more and its count is final.
         Celery has no cap on redeliveries and Redis no "redelivered" flag: a step whose worker
-        dies every time it runs would be started forever without this count. It is a field of
-        the bundle's own hash: one command, no key of its own, gone with the bundle.
+        dies every time it runs would be started forever without this count. An undo's count
+        (`per_round`) starts afresh in each round of a parked bundle taken up again.
+        `BundleNotFound` for an unknown bundle.
         """
-        return int(self.redis.hincrby(self._bundle_key(bundle_id), f"starts:{step}", 1))
+        args = [f"{STARTS}{step}", "1" if per_round else "0", *runs_in]
+        reply = self._start(keys=[self._bundle_key(bundle_id)], args=args)
+        if reply is None:
+            raise BundleNotFound(f"no vip bundle {bundle_id}")
+        if not reply:
+            return None
+        field, flat = _text(reply[0]), reply[1:]
+        bundle = _from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
+        assert bundle is not None
+        return bundle, bundle.starts[field.removeprefix(STARTS)]
 
     def audit_cursor(self) -> float | None:
         """The settle time up to which the periodic audit has looked (None: never ran)."""
@@ -348,6 +391,16 @@ class BundleStore:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _from_hash(fields: Mapping[bytes | str, bytes | str]) -> Bundle | None:
+    """A bundle from its hash: the document plus its `starts:*` counters."""
+    data = {_text(k): v for k, v in fields.items()}
+    doc = data.get("doc")
+    if doc is None:
+        return None
+    starts = {k.removeprefix(STARTS): int(v) for k, v in data.items() if k.startswith(STARTS)}
+    return Bundle.model_validate_json(doc).model_copy(update={"starts": starts})
 
 
 def _score(bundle: Bundle) -> float:

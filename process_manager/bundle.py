@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from process_manager.messages import BookVipBundle, Leg, utcnow
+from process_manager.messages import BookVipBundle, Leg, Step, utcnow
 
 
 class Status(StrEnum):
@@ -36,7 +36,8 @@ IN_FLIGHT = frozenset(
     }
 )
 FINAL = frozenset({Status.FINALIZED, Status.FAILED, Status.CANCELLED})
-ROLLBACK = frozenset({Status.ROLLING_BACK, Status.COMPENSATION_FAILED})
+# Statuses in which undo steps run: a rollback, a cancellation, or either of them parked.
+UNDOING = frozenset({Status.ROLLING_BACK, Status.CANCELLING, Status.COMPENSATION_FAILED})
 
 
 class HistoryEntry(BaseModel):
@@ -56,6 +57,16 @@ class Failure(BaseModel):
     leg: Leg | None = None
     # The partner never answered, so the step may have happened: undo it by looking it up.
     in_doubt: bool = False
+
+
+class Cancellation(BaseModel):
+    """Who asked to cancel, why, when, and what the bundle was doing then."""
+
+    model_config = ConfigDict(frozen=True)
+    reason: str
+    requested_at: datetime
+    from_status: Status
+    requested_by: str | None = None
 
 
 class Drift(BaseModel):
@@ -99,6 +110,10 @@ class Bundle(BaseModel):
     refunded_ticket_ids: list[str] = Field(default_factory=list)
     cancelled_legs: list[Leg] = Field(default_factory=list)
     failure: Failure | None = None
+    cancellation: Cancellation | None = None
+    # Booking steps found, after the fact, to have booked nothing (a 409 recorded late, or the
+    # answer to re-sending a step in doubt): nothing of theirs is left to undo.
+    booked_nothing: list[Step] = Field(default_factory=list)
     step_failures: int = 0  # technical failures of forward steps, for giving up in time
     last_error: str | None = None
     compensation_failures: int = 0
@@ -107,6 +122,9 @@ class Bundle(BaseModel):
     updated_at: datetime = Field(default_factory=utcnow)
     version: int = 0
     history: list[HistoryEntry] = Field(default_factory=list)
+    # Starts of each step (`saga.start_key` -> count), read with the document from the bundle's
+    # hash; never part of the document itself.
+    starts: dict[str, int] = Field(default_factory=dict, exclude=True)
 
     @classmethod
     def from_request(cls, request: BookVipBundle, correlation_id: str | None = None) -> Bundle:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -150,6 +150,59 @@ class CancelFlightTickets(Command):
     leg: Leg
 
 
+class Step(StrEnum):
+    """The forward steps that book something at a partner (`Failure.step` names them too)."""
+
+    SHOW = "book_show_tickets"
+    INBOUND = "book_inbound_flight"
+    RETURN = "book_return_flight"
+
+
+class ResolveBooking(Command):
+    """Settle a booking step in doubt: re-send its request with the same idempotency key.
+
+    The partner answers a key it has seen with its first answer and does nothing more, so the
+    re-send learns exactly what the original call booked (or that it was refused).
+    """
+
+    step: Step
+
+
+BundleId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+
+
+class CancelReason(BaseModel):
+    """The body of `POST /vip-bundles/{id}/cancel` (the id is in the path)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reason: Reason
+
+
+class CancelVipBundle(CancelReason):
+    """A cancel request, as the Celery door accepts it (shared/intake-api.md)."""
+
+    vip_bundle_id: BundleId
+
+
+C = TypeVar("C", bound=CancelReason)
+
+
+def parse_cancel(model: type[C], data: Any) -> C:
+    """Validate a cancel request or raise `InvalidRequest` naming every bad field."""
+    if not isinstance(data, dict):
+        raise InvalidRequest(
+            "request: must be a JSON object", [{"field": "request", "message": "must be an object"}]
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = field_errors(exc)
+    summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    raise InvalidRequest(f"invalid cancel request: {summary}", errors) from None
+
+
 # --- events: what happened ---------------------------------------------------------------------
 
 
@@ -258,6 +311,18 @@ class VipBundleFailed_v1(Event):
     cancelled_flight_ticket_ids: list[str]
 
 
+class VipBundleCancellationRequested_v1(Event):
+    reason: str
+    from_status: str
+    requested_by: str | None = None
+
+
+class VipBundleCancelled_v1(Event):
+    reason: str
+    refunded_ticket_ids: list[str]
+    cancelled_flight_ticket_ids: list[str]
+
+
 class LedgerDriftDetected_v1(Event):
     """The audit found a partner's records disagreeing with a settled bundle (published once
     per finding: `finding_key` is recorded on the bundle)."""
@@ -291,6 +356,13 @@ class BundleResumed(Event):
     by: str
 
 
+class CancellationResumed(Event):
+    """A parked cancellation taken up again, by the reconciler or an operator (history only)."""
+
+    published: ClassVar[bool] = False
+    by: str | None = None  # who asked: an operator's key name or `cli@host`; None = reconciler
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.name(): cls
     for cls in (
@@ -304,10 +376,13 @@ EVENT_TYPES: dict[str, type[Event]] = {
         CompensationFailed_v1,
         VipBundleFinalized_v1,
         VipBundleFailed_v1,
+        VipBundleCancellationRequested_v1,
+        VipBundleCancelled_v1,
         LedgerDriftDetected_v1,
         StepFailed,
         RollbackResumed,
         BundleResumed,
+        CancellationResumed,
     )
 }
 

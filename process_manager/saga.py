@@ -8,14 +8,16 @@ already applied is an `IllegalTransition`, which the caller treats as "already d
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from process_manager.audit import Finding
 from process_manager.bundle import (
     IN_FLIGHT,
-    ROLLBACK,
+    UNDOING,
     Bundle,
+    Cancellation,
     Drift,
     Failure,
     HistoryEntry,
@@ -28,6 +30,7 @@ from process_manager.messages import (
     BookShowTickets,
     BundleResumed,
     CancelFlightTickets,
+    CancellationResumed,
     Command,
     CompensationFailed_v1,
     Event,
@@ -38,9 +41,13 @@ from process_manager.messages import (
     LedgerDriftDetected_v1,
     Leg,
     RefundTicket,
+    ResolveBooking,
     RollbackResumed,
+    Step,
     StepFailed,
     TicketRefunded_v1,
+    VipBundleCancellationRequested_v1,
+    VipBundleCancelled_v1,
     VipBundleFailed_v1,
     VipBundleFinalized_v1,
     VipBundleInitialized_v1,
@@ -67,13 +74,35 @@ TRANSITIONS: dict[tuple[Status, type[Event]], Status] = {
     (S.ROLLING_BACK, FlightTicketsCancelled_v1): S.ROLLING_BACK,
     (S.ROLLING_BACK, CompensationFailed_v1): S.COMPENSATION_FAILED,
     (S.ROLLING_BACK, VipBundleFailed_v1): S.FAILED,
-    # A parked bundle still records the undos that did finish, and is resumed by the reconciler.
+    # A parked bundle still records the undos that did finish, and is resumed by the reconciler
+    # (or an operator) into the undoing it was parked from.
     (S.COMPENSATION_FAILED, TicketRefunded_v1): S.COMPENSATION_FAILED,
     (S.COMPENSATION_FAILED, FlightTicketsCancelled_v1): S.COMPENSATION_FAILED,
     (S.COMPENSATION_FAILED, CompensationFailed_v1): S.COMPENSATION_FAILED,
     (S.COMPENSATION_FAILED, RollbackResumed): S.ROLLING_BACK,
     # An operator's resume of a bundle in flight: noted (who, when), the state stays.
     **{(s, BundleResumed): s for s in sorted(IN_FLIGHT)},
+    (S.COMPENSATION_FAILED, CancellationResumed): S.CANCELLING,
+    # Cancelling on request: from anywhere but `failed` (nothing left) and `cancel*` (idempotent).
+    (S.INITIALIZED, VipBundleCancellationRequested_v1): S.CANCELLING,
+    (S.BOOKING_MADE, VipBundleCancellationRequested_v1): S.CANCELLING,
+    (S.INBOUND_BOOKED, VipBundleCancellationRequested_v1): S.CANCELLING,
+    (S.RETURN_BOOKED, VipBundleCancellationRequested_v1): S.CANCELLING,
+    (S.ROLLING_BACK, VipBundleCancellationRequested_v1): S.CANCELLING,
+    (S.COMPENSATION_FAILED, VipBundleCancellationRequested_v1): S.CANCELLING,
+    (S.FINALIZED, VipBundleCancellationRequested_v1): S.CANCELLING,
+    (S.CANCELLING, TicketRefunded_v1): S.CANCELLING,
+    (S.CANCELLING, FlightTicketsCancelled_v1): S.CANCELLING,
+    (S.CANCELLING, CompensationFailed_v1): S.COMPENSATION_FAILED,
+    (S.CANCELLING, VipBundleCancelled_v1): S.CANCELLED,
+    # Late outcomes: while undoing, a booking step in doubt (it was at the partner when the
+    # cancel came, or it was given up without an answer) reports, or is resolved by re-sending
+    # it. Its tickets are recorded (and so become undos) or it is known to have booked nothing.
+    **{
+        (state, event): state
+        for state in (S.ROLLING_BACK, S.CANCELLING, S.COMPENSATION_FAILED)
+        for event in (BookingMade_v1, BookingFailed_v1, FlightBooked_v1, FlightBookingFailed_v1)
+    },
     # The audit found a partner's records disagreeing with a settled bundle: noted, once per
     # finding (a repeat is refused), the status stays (process_manager/audit.py).
     (S.FINALIZED, LedgerDriftDetected_v1): S.FINALIZED,
@@ -89,6 +118,10 @@ FORWARD: list[tuple[Status, Callable[[str], Command]]] = [
     (S.RETURN_BOOKED, lambda bid: FinalizeVipBundle(vip_bundle_id=bid)),
 ]
 LEG_BOOKED_FROM = {Leg.INBOUND: S.BOOKING_MADE, Leg.RETURN: S.INBOUND_BOOKED}
+# The booking step that runs in each forward state (finalizing books nothing).
+STEP_IN = {S.INITIALIZED: Step.SHOW, S.BOOKING_MADE: Step.INBOUND, S.INBOUND_BOOKED: Step.RETURN}
+LEG_OF_STEP = {Step.INBOUND: Leg.INBOUND, Step.RETURN: Leg.RETURN}
+UNDO_COMMANDS = (RefundTicket, CancelFlightTickets, ResolveBooking)
 
 
 class IllegalTransition(Exception):
@@ -111,14 +144,16 @@ def remaining_steps(bundle: Bundle) -> list[Command]:
 
 
 def pending_compensations(bundle: Bundle) -> list[Command]:
-    """What must still be undone, newest first: return flight, inbound flight, then tickets."""
-    if bundle.status not in ROLLBACK:
+    """What must still be undone: steps in doubt resolved first, then newest first: return
+    flight, inbound flight, then tickets. Empty unless the bundle is undoing."""
+    if bundle.status not in UNDOING:
         return []
     bid = bundle.vip_bundle_id
-    undo: list[Command] = [
+    undo: list[Command] = [ResolveBooking(vip_bundle_id=bid, step=s) for s in in_doubt(bundle)]
+    undo += [
         CancelFlightTickets(vip_bundle_id=bid, leg=leg)
         for leg in (Leg.RETURN, Leg.INBOUND)
-        if leg not in bundle.cancelled_legs and _may_hold_flight(bundle, leg)
+        if leg not in bundle.cancelled_legs and bundle.flight_tickets.get(leg)
     ]
     undo += [
         RefundTicket(vip_bundle_id=bid, ticket_id=t)
@@ -128,21 +163,159 @@ def pending_compensations(bundle: Bundle) -> list[Command]:
     return undo
 
 
-def _may_hold_flight(bundle: Bundle, leg: Leg) -> bool:
-    """Booked, or attempted without an answer (then the cancel looks the tickets up)."""
-    failure = bundle.failure
-    in_doubt = failure is not None and failure.in_doubt and failure.leg is leg
-    return bool(bundle.flight_tickets.get(leg)) or in_doubt
-
-
 def is_pending(bundle: Bundle, command: Command) -> bool:
     """Is `command` still to be done? False means it ran already or the saga moved on."""
     match command:
-        case RefundTicket() | CancelFlightTickets():
+        case RefundTicket() | CancelFlightTickets() | ResolveBooking():
             return command in pending_compensations(bundle)
         case _:
             steps = remaining_steps(bundle)
             return bool(steps) and steps[0] == command
+
+
+def runs_in(command: Command) -> frozenset[Status]:
+    """The statuses `command` may start in (the store checks this and counts the start in one
+    atomic step, so once a bundle is `cancelling` no forward step can start any more)."""
+    if isinstance(command, UNDO_COMMANDS):
+        return UNDOING
+    return frozenset(state for state, make in FORWARD if make(command.vip_bundle_id) == command)
+
+
+# --- steps in doubt: booked or not? -------------------------------------------------------------
+
+
+def step_of(command: Command) -> Step | None:
+    """The booking step a forward command (or the resolve of one) runs."""
+    match command:
+        case BookShowTickets():
+            return Step.SHOW
+        case BookFlight(leg=Leg.INBOUND):
+            return Step.INBOUND
+        case BookFlight(leg=Leg.RETURN):
+            return Step.RETURN
+        case ResolveBooking(step=step):
+            return step
+    return None
+
+
+def booking_command(vip_bundle_id: str, step: Step) -> Command:
+    if step is Step.SHOW:
+        return BookShowTickets(vip_bundle_id=vip_bundle_id)
+    return BookFlight(vip_bundle_id=vip_bundle_id, leg=LEG_OF_STEP[step])
+
+
+def settled(bundle: Bundle, step: Step) -> bool:
+    """Do we know what `step` booked: its tickets, or that it booked nothing?"""
+    failure = bundle.failure
+    if failure is not None and failure.step == step and not failure.in_doubt:
+        return True  # refused (409) when it ran
+    if step in bundle.booked_nothing:
+        return True
+    if step is Step.SHOW:
+        return bool(bundle.ticket_ids)
+    return bool(bundle.flight_tickets.get(LEG_OF_STEP[step]))
+
+
+def step_at_cancel(bundle: Bundle) -> Step | None:
+    """The booking step that was next when the bundle was cancelled (it may have been running)."""
+    if bundle.cancellation is None:
+        return None
+    return STEP_IN.get(bundle.cancellation.from_status)
+
+
+def awaited(bundle: Bundle) -> list[Step]:
+    """Booking steps whose outcome an undoing bundle still accepts: the step given up without
+    an answer, and the step that was next when the cancel came, until each is settled."""
+    if bundle.status not in UNDOING:
+        return []
+    failure = bundle.failure
+    candidates = [Step(failure.step)] if failure is not None and failure.in_doubt else []
+    if (step := step_at_cancel(bundle)) is not None:
+        candidates.append(step)
+    return [s for s in dict.fromkeys(candidates) if not settled(bundle, s)]
+
+
+def started(bundle: Bundle, step: Step) -> bool:
+    """Did `step` start at least once? Once the bundle is undoing it cannot start any more, so
+    a count read after that is final."""
+    return bundle.starts.get(start_key(bundle, booking_command(bundle.vip_bundle_id, step)), 0) > 0
+
+
+def in_doubt(bundle: Bundle) -> list[Step]:
+    """Steps that may have booked something we do not know of: they must be resolved (re-sent
+    with the same idempotency key) before the bundle can end. A step given up without an answer
+    is in doubt; the step that was next at cancel time is in doubt if it ever started."""
+    failure = bundle.failure
+    given_up = failure.step if failure is not None and failure.in_doubt else None
+    return [s for s in awaited(bundle) if s == given_up or started(bundle, s)]
+
+
+def accepts_outcome(bundle: Bundle, command: Command) -> bool:
+    """Does the bundle still take the outcome (tickets, or a refusal) of this booking step?
+
+    In the forward path: when it is the current step. While undoing: when the step is awaited
+    (a late answer of the original call, or the answer to its resolve); it is then recorded and
+    what it booked is undone.
+    """
+    if isinstance(command, RefundTicket | CancelFlightTickets):
+        return is_pending(bundle, command)
+    if bundle.status in UNDOING:
+        return (step := step_of(command)) is not None and step in awaited(bundle)
+    return not isinstance(command, ResolveBooking) and is_pending(bundle, command)
+
+
+def finish(bundle: Bundle) -> Event | None:
+    """With nothing left to undo or resolve: `failed` after a rollback, `cancelled` after a
+    cancel. None while anything is pending (or when the bundle is not undoing)."""
+    if pending_compensations(bundle):
+        return None
+    if bundle.status is S.ROLLING_BACK:
+        return failed(bundle)
+    if bundle.status is S.CANCELLING:
+        return cancelled(bundle)
+    return None
+
+
+# --- cancelling on request ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CancelRefused:
+    """A cancel the bundle cannot take (it already failed: nothing is left booked)."""
+
+    reason: str
+
+
+def cancel(bundle: Bundle, reason: str, who: str | None = None) -> Event | CancelRefused | None:
+    """What a cancel request does: the event to record, a refusal, or None when the bundle is
+    already `cancelling`/`cancelled` (cancelling is idempotent: nothing new happens).
+
+    A parked cancellation asked again is taken up now, like a resume.
+    """
+    match bundle.status:
+        case S.FAILED:
+            return CancelRefused(f"vip bundle {bundle.vip_bundle_id} already failed")
+        case S.CANCELLING | S.CANCELLED:
+            return None
+        case S.COMPENSATION_FAILED if bundle.cancellation is not None:
+            return resume_parked(bundle)
+    return _new(
+        bundle,
+        VipBundleCancellationRequested_v1,
+        "cancellation-requested",
+        reason=reason,
+        from_status=bundle.status.value,
+        requested_by=who,
+    )
+
+
+def resume_parked(bundle: Bundle, by: str | None = None) -> Event:
+    """Take a parked bundle up again, into the undoing it was parked from; `by` names the
+    operator who asked (None: the reconciler)."""
+    if bundle.cancellation is not None:
+        key = f"cancellation-resumed-{bundle.compensation_failures}"
+        return _new(bundle, CancellationResumed, key, by=by)
+    return rollback_resumed(bundle, by)
 
 
 # --- events the steps raise (idempotency keys from business ids only) --------------------------
@@ -187,7 +360,7 @@ def booking_failed(bundle: Bundle, reason: str, in_doubt: bool = False) -> Event
     return _new(
         bundle,
         BookingFailed_v1,
-        "booking-failed",
+        "booking-given-up" if in_doubt else "booking-failed",
         booking_id=bundle.booking_id,
         show_id=bundle.show_id,
         reason=reason,
@@ -210,7 +383,7 @@ def flight_booking_failed(bundle: Bundle, leg: Leg, reason: str, in_doubt: bool 
     return _new(
         bundle,
         FlightBookingFailed_v1,
-        f"flight-booking-failed-{leg}",
+        f"flight-booking-{'given-up' if in_doubt else 'failed'}-{leg}",
         leg=leg,
         flight_id=bundle.flight_id(leg),
         reason=reason,
@@ -245,13 +418,22 @@ def _give_up(bundle: Bundle, step: Command, reason: str) -> Event | None:
     return None
 
 
-def start_key(bundle: Bundle, command: Command) -> str:
-    """Names one step for counting its starts; an undo's count is per rollback round, so a
-    parked bundle taken up again gets a fresh budget."""
+def step_name(command: Command) -> str:
+    """Names one step of a bundle: `BookFlight:inbound`, `RefundTicket:<ticket id>`."""
     args = [str(v) for k, v in command.model_dump(mode="json").items() if k != "vip_bundle_id"]
-    if isinstance(command, RefundTicket | CancelFlightTickets):
-        args.append(f"round-{bundle.compensation_failures}")
     return ":".join([type(command).__name__, *args])
+
+
+def counted_per_round(command: Command) -> bool:
+    """An undo's starts are counted per round of undoing, so a parked bundle taken up again
+    gets a fresh budget."""
+    return isinstance(command, UNDO_COMMANDS)
+
+
+def start_key(bundle: Bundle, command: Command) -> str:
+    """The counter of `command`'s starts (the store builds the same name in its start script)."""
+    name = step_name(command)
+    return f"{name}:round-{bundle.compensation_failures}" if counted_per_round(command) else name
 
 
 def never_finished(bundle: Bundle, command: Command, starts: int) -> Event | None:
@@ -261,7 +443,7 @@ def never_finished(bundle: Bundle, command: Command, starts: int) -> Event | Non
     parks the bundle for the reconciler's later rounds. Finalizing calls no partner: None.
     """
     reason = f"started {starts} times and never finished (worker lost each time?)"
-    if isinstance(command, RefundTicket | CancelFlightTickets):
+    if isinstance(command, UNDO_COMMANDS):
         return compensation_failed(bundle, type(command).__name__, reason)
     return _give_up(bundle, command, reason)
 
@@ -314,6 +496,19 @@ def failed(bundle: Bundle) -> Event:
         bundle,
         VipBundleFailed_v1,
         "failed",
+        reason=reason,
+        refunded_ticket_ids=bundle.refunded_ticket_ids,
+        cancelled_flight_ticket_ids=cancelled,
+    )
+
+
+def cancelled(bundle: Bundle) -> Event:
+    reason = bundle.cancellation.reason if bundle.cancellation else "cancelled"
+    cancelled = [t for leg in bundle.cancelled_legs for t in bundle.flight_tickets.get(leg, [])]
+    return _new(
+        bundle,
+        VipBundleCancelled_v1,
+        "cancelled",
         reason=reason,
         refunded_ticket_ids=bundle.refunded_ticket_ids,
         cancelled_flight_ticket_ids=cancelled,
@@ -385,11 +580,13 @@ def apply_initial(bundle: Bundle, event: Event) -> Bundle:
 
 def _changes(bundle: Bundle, event: Event) -> dict[str, Any]:
     """The fields an event sets, after checking it belongs to this bundle's current step."""
+    if bundle.status in UNDOING and isinstance(event, OUTCOMES):
+        return _late_outcome(bundle, event)
     match event:
         case BookingMade_v1(ticket_ids=ids):
             return {"ticket_ids": ids}
         case BookingFailed_v1(reason=reason, in_doubt=in_doubt):
-            return {"failure": Failure(step="book_show_tickets", reason=reason, in_doubt=in_doubt)}
+            return {"failure": Failure(step=Step.SHOW, reason=reason, in_doubt=in_doubt)}
         case FlightBooked_v1(leg=leg, ticket_ids=ids):
             _check_leg(bundle, leg)
             return {"flight_tickets": {**bundle.flight_tickets, leg: ids}}
@@ -401,12 +598,10 @@ def _changes(bundle: Bundle, event: Event) -> dict[str, Any]:
             if t not in bundle.ticket_ids or t in bundle.refunded_ticket_ids:
                 raise IllegalTransition(f"ticket {t} is not waiting for a refund")
             return {"refunded_ticket_ids": [*bundle.refunded_ticket_ids, t]}
-        case FlightTicketsCancelled_v1(leg=leg, ticket_ids=ids):
-            if leg in bundle.cancelled_legs or not _may_hold_flight(bundle, leg):
+        case FlightTicketsCancelled_v1(leg=leg):
+            if leg in bundle.cancelled_legs or not bundle.flight_tickets.get(leg):
                 raise IllegalTransition(f"{leg} flight is not waiting for a cancellation")
-            # An in-doubt leg learns its ticket ids from the lookup the cancel made.
-            tickets = {**bundle.flight_tickets, leg: bundle.flight_tickets.get(leg) or ids}
-            return {"cancelled_legs": [*bundle.cancelled_legs, leg], "flight_tickets": tickets}
+            return {"cancelled_legs": [*bundle.cancelled_legs, leg]}
         case StepFailed(reason=reason):
             return {"step_failures": bundle.step_failures + 1, "last_error": reason}
         case CompensationFailed_v1(step=step, reason=reason):
@@ -414,10 +609,26 @@ def _changes(bundle: Bundle, event: Event) -> dict[str, Any]:
                 "compensation_failures": bundle.compensation_failures + 1,
                 "last_error": f"{step}: {reason}",
             }
-        case VipBundleFailed_v1():
+        case VipBundleFailed_v1() | VipBundleCancelled_v1():
             if pending_compensations(bundle):
                 raise IllegalTransition("compensations are still pending")
             return {}
+        case VipBundleCancellationRequested_v1(reason=reason, from_status=from_status):
+            if from_status != bundle.status:
+                raise IllegalTransition(
+                    f"cancel decided for {from_status}, bundle is {bundle.status}"
+                )
+            cancellation = Cancellation(
+                reason=reason,
+                requested_at=event.header.published_at,
+                from_status=bundle.status,
+                requested_by=event.requested_by,
+            )
+            return {"cancellation": cancellation}
+        case RollbackResumed() if bundle.cancellation is not None:
+            raise IllegalTransition("a parked cancellation resumes as a cancellation")
+        case CancellationResumed() if bundle.cancellation is None:
+            raise IllegalTransition("a parked rollback resumes as a rollback")
         case LedgerDriftDetected_v1(
             finding_key=key, kind=kind, description=description, record=record, header=header
         ):
@@ -429,6 +640,29 @@ def _changes(bundle: Bundle, event: Event) -> dict[str, Any]:
             return {"drift": [*bundle.drift, drift]}
         case _:
             return {}
+
+
+OUTCOMES = (BookingMade_v1, BookingFailed_v1, FlightBooked_v1, FlightBookingFailed_v1)
+
+
+def _late_outcome(bundle: Bundle, event: Event) -> dict[str, Any]:
+    """An awaited booking step reports while the bundle is undoing: record what it booked (to
+    be undone), or that it booked nothing; a give-up without an answer leaves it in doubt."""
+    match event:
+        case BookingMade_v1() | BookingFailed_v1():
+            step = Step.SHOW
+        case FlightBooked_v1(leg=leg) | FlightBookingFailed_v1(leg=leg):
+            step = Step.INBOUND if leg is Leg.INBOUND else Step.RETURN
+    if step not in awaited(bundle):
+        raise IllegalTransition(f"{step} is not awaited by a {bundle.status} bundle")
+    match event:
+        case BookingMade_v1(ticket_ids=ids):
+            return {"ticket_ids": ids}
+        case FlightBooked_v1(leg=leg, ticket_ids=ids):
+            return {"flight_tickets": {**bundle.flight_tickets, leg: ids}}
+        case BookingFailed_v1(in_doubt=False) | FlightBookingFailed_v1(in_doubt=False):
+            return {"booked_nothing": [*bundle.booked_nothing, step]}
+    return {}  # given up again without an answer: still in doubt, resolved by re-sending
 
 
 def _check_leg(bundle: Bundle, leg: Leg) -> None:

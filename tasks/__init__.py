@@ -6,6 +6,7 @@ group) and holds the error callback and the process manager task.
 
 from tasks import (  # noqa: F401  (register)
     audit,
+    cancel,
     compensation,
     flights,
     intake,

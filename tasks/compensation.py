@@ -11,11 +11,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from adapters.partners import PartnerError
+from adapters.partners import BusinessRefusal, PartnerError
 from process_manager import saga
-from process_manager.messages import CancelFlightTickets, Command, Leg, RefundTicket
+from process_manager.bundle import Bundle
+from process_manager.messages import (
+    CancelFlightTickets,
+    Command,
+    Event,
+    Leg,
+    RefundTicket,
+    ResolveBooking,
+    Step,
+)
 from tasks.celery_app import app, compensation_partners, store
-from tasks.steps import due, finish_rollback, log, record
+from tasks.steps import due, finish_rollback, flight_booking, log, record, show_booking
 
 T = TypeVar("T")
 REASON = "VIP bundle rolled back"
@@ -60,19 +69,15 @@ def refund_ticket(vip_bundle_id: str, ticket_id: str) -> str:
 
 @app.task(name="vip_bundle.compensation.cancel_flight_tickets", ignore_result=True)
 def cancel_flight_tickets(vip_bundle_id: str, leg: str) -> str:
-    """Cancel every ticket of one leg (looked up by reference when the booking is in doubt)."""
+    """Cancel every ticket of one leg (a leg in doubt is resolved first, so its tickets are
+    known: see `resolve_booking`)."""
     command = CancelFlightTickets(vip_bundle_id=vip_bundle_id, leg=Leg(leg))
     if (bundle := due(command)) is None:
         return "skipped"
     p = compensation_partners()
-    flight_id = bundle.flight_id(command.leg)
 
     def undo() -> list[str]:
-        ticket_ids = bundle.flight_tickets.get(command.leg) or [
-            t.ticket_id
-            for t in p.flight_tickets(reference_id=bundle.vip_bundle_id)
-            if t.flight_id == flight_id and not t.cancelled
-        ]
+        ticket_ids = bundle.flight_tickets[command.leg]
         for ticket_id in ticket_ids:
             p.cancel_flight_ticket(ticket_id, correlation_id=bundle.correlation_id)
         return ticket_ids
@@ -83,3 +88,38 @@ def cancel_flight_tickets(vip_bundle_id: str, leg: str) -> str:
     )
     finish_rollback(applied.bundle)
     return "cancelled"
+
+
+@app.task(name="vip_bundle.compensation.resolve_booking", ignore_result=True)
+def resolve_booking(vip_bundle_id: str, step: str) -> str:
+    """Learn what a booking step in doubt booked by re-sending its request, same idempotency key.
+
+    The partner answers a key it saw with its first answer and books nothing more, so whatever
+    the original call did (or still does), this learns it: tickets are recorded as the step's
+    late outcome (and then undone), a 409 as "booked nothing".
+    """
+    command = ResolveBooking(vip_bundle_id=vip_bundle_id, step=Step(step))
+    if (bundle := due(command)) is None:
+        return "skipped"
+    p = compensation_partners()
+
+    def resend() -> Callable[[Bundle], Event]:
+        if command.step is Step.SHOW:
+            try:
+                ids = p.book_show_tickets(**show_booking(bundle))
+            except BusinessRefusal as exc:
+                refused = str(exc)
+                return lambda b: saga.booking_failed(b, refused)
+            return lambda b: saga.booking_made(b, ids)
+        leg = saga.LEG_OF_STEP[command.step]
+        try:
+            ids = p.book_flight(**flight_booking(bundle, leg))
+        except BusinessRefusal as exc:
+            refused = str(exc)
+            return lambda b: saga.flight_booking_failed(b, leg, refused)
+        return lambda b: saga.flight_booked(b, leg, ids)
+
+    outcome = _or_park(command, resend)
+    applied = record(command, outcome, bundle)  # its tickets are handed over to be undone
+    finish_rollback(applied.bundle)
+    return "resolved"

@@ -6,7 +6,7 @@ from adapters.partners import BusinessRefusal
 from process_manager import saga
 from process_manager.messages import BookFlight, Leg
 from tasks.celery_app import app, partners
-from tasks.steps import due, finalize, record
+from tasks.steps import due, finalize, flight_booking, record
 
 
 @app.task(name="vip_bundle.book_flight", ignore_result=True, throws=(BusinessRefusal,))
@@ -15,14 +15,7 @@ def book_flight(vip_bundle_id: str, leg: str) -> None:
     command = BookFlight(vip_bundle_id=vip_bundle_id, leg=Leg(leg))
     if (bundle := due(command)) is None:
         return
-    ticket_ids = partners().book_flight(
-        customer_email=bundle.customer_email,
-        flight_id=bundle.flight_id(command.leg),
-        passenger_names=bundle.passengers,
-        reference_id=bundle.vip_bundle_id,
-        idempotency_key=bundle.key(f"flight-{leg}"),
-        correlation_id=bundle.correlation_id,
-    )
+    ticket_ids = partners().book_flight(**flight_booking(bundle, command.leg))
     applied = record(command, lambda b: saga.flight_booked(b, command.leg, ticket_ids), bundle)
     if applied.event is not None and command.leg is Leg.RETURN:
         finalize(applied.bundle)

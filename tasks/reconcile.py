@@ -3,8 +3,9 @@
 It works from the stored state only. A bundle in flight with no transition for
 `STALE_AFTER_S` gets the rest of its chain (or its pending undos) sent again; the steps are
 idempotent, so a step that was merely slow is not done twice. A parked bundle
-(`compensation_failed`) is taken up again after a backoff that doubles with each failure.
-Both go through `tasks.saga.take_up`, the same function as an operator's resume.
+(`compensation_failed`) is taken up again after a backoff that doubles with each failure, into
+the rollback or the cancellation it was parked from. Both go through `tasks.saga.take_up`, the
+same function as an operator's resume.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ from tasks.steps import log
 
 FORWARD = (Status.INITIALIZED, Status.BOOKING_MADE, Status.INBOUND_BOOKED, Status.RETURN_BOOKED)
 # Statuses in which a bundle left alone for STALE_AFTER_S is taken up, and what that counts as.
-STALE = {**dict.fromkeys(FORWARD, "resumed"), Status.ROLLING_BACK: "rollbacks_resumed"}
+STALE = {
+    **dict.fromkeys(FORWARD, "resumed"),
+    Status.ROLLING_BACK: "rollbacks_resumed",
+    Status.CANCELLING: "rollbacks_resumed",
+}
 
 
 def parked_retry_due(bundle: Bundle, now: float) -> bool:

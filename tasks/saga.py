@@ -5,9 +5,12 @@ Forward:   book_show_tickets -> book_flight(inbound) -> book_flight(return, then
 Failure:   on_step_failed records BookingFailed_v1 / FlightBookingFailed_v1 (bundle ->
            rolling_back, event on the stream) and hands the event to the process manager.
 Rollback:  handle_event reads the bundle from Redis and sends a group, newest first:
-           [cancel return flight, cancel inbound flight, refund each ticket]; the undo that
-           leaves nothing pending marks the bundle failed (from the stored state, not a chord
-           counter, so a lost or repeated undo cannot leave it hanging).
+           [resolve steps in doubt, cancel return flight, cancel inbound flight, refund each
+           ticket]; the undo that leaves nothing pending marks the bundle failed (from the
+           stored state, not a chord counter, so a lost or repeated undo cannot leave it hanging).
+Cancel:    tasks/cancel.py records the request (bundle -> cancelling; no forward step starts
+           any more) and sends the same group; a step that was at the partner reports late, its
+           tickets join the undos; the last undo marks the bundle cancelled.
 The reconciler (tasks/reconcile.py) restarts any of these from the stored state when a
 message or callback was lost, so no bundle depends on a callback alone.
 """
@@ -22,26 +25,25 @@ from celery.canvas import Signature
 from adapters.partners import NoFlightTicketsAvailable, ShowSoldOut
 from adapters.settings import get_settings
 from process_manager import saga
-from process_manager.bundle import ROLLBACK, Bundle, Status
+from process_manager.bundle import UNDOING, Bundle, Status
 from process_manager.messages import (
     BookFlight,
-    BookingFailed_v1,
     BookShowTickets,
     CancelFlightTickets,
     Command,
     Event,
     FinalizeVipBundle,
-    FlightBookingFailed_v1,
     InvalidRequest,
     Leg,
     RefundTicket,
+    ResolveBooking,
     parse_event,
 )
 from tasks.celery_app import app, store
-from tasks.compensation import cancel_flight_tickets, refund_ticket
+from tasks.compensation import cancel_flight_tickets, refund_ticket, resolve_booking
 from tasks.flights import book_flight
 from tasks.shows import book_show_tickets
-from tasks.steps import due, finalize, finish_rollback, log, start_rollback
+from tasks.steps import due, finalize, finish_rollback, hand_over, log
 
 # --- commands <-> Celery signatures -------------------------------------------------------------
 
@@ -59,6 +61,8 @@ def signature(command: Command) -> Signature:
             return refund_ticket.si(bid, ticket_id)
         case CancelFlightTickets(leg=leg):
             return cancel_flight_tickets.si(bid, leg.value)
+        case ResolveBooking(step=step):
+            return resolve_booking.si(bid, step.value)
     raise TypeError(f"no task for {command!r}")
 
 
@@ -102,25 +106,28 @@ def finalize_bundle(vip_bundle_id: str) -> None:
 def on_step_failed(request: Any, exc: BaseException, traceback: Any, vip_bundle_id: str) -> None:
     """Error callback of the forward chain (runs in the worker of the failed task).
 
-    A refusal (sold out) fails the step for good and starts the rollback. A technical failure
-    is noted; the reconciler tries the step again until `MAX_STEP_ATTEMPTS`, then gives up.
+    A refusal (sold out) fails the step for good and starts the rollback (or, in a bundle
+    cancelled meanwhile, is recorded as "booked nothing"). A technical failure is noted; the
+    reconciler tries the step again until `MAX_STEP_ATTEMPTS`, then gives up. In a bundle
+    cancelled meanwhile it is not recorded: the step stays in doubt and is resolved.
     """
     command = command_of(request.task, list(request.args or []))
     if command is None:
         return
     match exc, command:
         case ShowSoldOut(), BookShowTickets():
-            decide = lambda b: saga.booking_failed(b, str(exc))  # noqa: E731
+            refusal = lambda b: saga.booking_failed(b, str(exc))  # noqa: E731
+            decide = lambda b: refusal(b) if saga.accepts_outcome(b, command) else None  # noqa: E731
         case NoFlightTicketsAvailable(), BookFlight(leg=leg):
-            decide = lambda b: saga.flight_booking_failed(b, leg, str(exc))  # noqa: E731
+            refusal = lambda b: saga.flight_booking_failed(b, leg, str(exc))  # noqa: E731
+            decide = lambda b: refusal(b) if saga.accepts_outcome(b, command) else None  # noqa: E731
         case _:
             limit = get_settings().max_step_attempts
             reason = f"{type(exc).__name__}: {exc}"
-            decide = lambda b: saga.step_failed(b, command, reason, limit)  # noqa: E731
-    applied = store().apply(
-        vip_bundle_id, lambda b: decide(b) if saga.is_pending(b, command) else None
-    )
-    start_rollback(applied)
+            decide = lambda b: (  # noqa: E731
+                saga.step_failed(b, command, reason, limit) if saga.is_pending(b, command) else None
+            )
+    hand_over(store().apply(vip_bundle_id, decide))
 
 
 # --- rollback: the process manager ----------------------------------------------------------------
@@ -128,24 +135,28 @@ def on_step_failed(request: Any, exc: BaseException, traceback: Any, vip_bundle_
 
 @app.task(name="vip_bundle.process_manager.handle_event", ignore_result=True)
 def handle_event(message: dict[str, Any]) -> None:
-    """Consume a failure event: read the bundle's state and dispatch its compensations."""
+    """Consume an event that leaves undo work (a failure, or a late outcome recorded while
+    undoing): read the bundle's state and dispatch what is pending."""
     try:
         event = parse_event(message)
     except InvalidRequest as exc:
         log.error("process manager: refused a message: %s", exc)
         return
-    if not isinstance(event, BookingFailed_v1 | FlightBookingFailed_v1):
+    if not isinstance(event, saga.OUTCOMES):
         return
     if not store().first_time(event.header.event_id):
         log.info("process manager: %s seen before, skipped", event.header.event_id)
         return
     bundle = store().require(event.vip_bundle_id)
-    if bundle.status in ROLLBACK:
+    if bundle.status in UNDOING:
         run_rollback(bundle)
 
 
 def run_rollback(bundle: Bundle) -> None:
-    """Undo, newest first, all in parallel; with nothing (left) to undo, fail the bundle now."""
+    """Undo (and resolve steps in doubt), all in parallel; with nothing left, end the bundle.
+
+    `bundle` must have been read after it started undoing, so its step counters are final.
+    """
     undo = [signature(c) for c in saga.pending_compensations(bundle)]
     if undo:
         group(undo).apply_async()
@@ -159,12 +170,12 @@ def run_rollback(bundle: Bundle) -> None:
 def take_up(bundle: Bundle, by: str | None = None) -> Bundle:
     """Take a bundle up now: the one way the reconciler and operators restart a saga.
 
-    A parked bundle is resumed (`RollbackResumed`) and its pending undos sent. A bundle in flight
-    gets the rest of its chain (or its pending undos) sent again; the steps are idempotent, so a
-    step merely slow is not done twice. `by` names an operator: their request is recorded in the
-    history (`BundleResumed` / `RollbackResumed` with `by=...`, through the atomic transition);
-    without it (the reconciler) the bundle is only marked as looked after now. A final bundle is
-    left alone. Returns the bundle as stored after the step.
+    A parked bundle resumes into the undoing it was parked from (`RollbackResumed` or
+    `CancellationResumed`) and its pending undos are sent. A bundle in flight gets the rest of
+    its chain (or its pending undos) sent again; the steps are idempotent, so a step merely
+    slow is not done twice. `by` names an operator: their request is recorded in the history
+    (`by=...`, through the atomic transition); without it (the reconciler) the bundle is only
+    marked as looked after now. A final bundle is left alone. Returns the bundle as stored.
     """
     st = store()
     if bundle.status is Status.COMPENSATION_FAILED:
@@ -185,19 +196,19 @@ def take_up(bundle: Bundle, by: str | None = None) -> Bundle:
 
 def _resume_parked(bundle: Bundle, by: str | None) -> Event | None:
     if bundle.status is Status.COMPENSATION_FAILED:
-        return saga.rollback_resumed(bundle, by)
+        return saga.resume_parked(bundle, by)
     # No longer parked (a rival took it up): an operator's request is still noted.
     return saga.resumed(bundle, by) if by is not None else None
 
 
 def _send_next(bundle: Bundle) -> None:
-    if saga.remaining_steps(bundle):
-        run_forward(bundle)
-    elif bundle.status is Status.ROLLING_BACK:
+    if bundle.status in UNDOING and bundle.status is not Status.COMPENSATION_FAILED:
         run_rollback(bundle)
+    elif saga.remaining_steps(bundle):
+        run_forward(bundle)
 
 
 @app.task(name="vip_bundle.compensation.complete_rollback", ignore_result=True)
 def complete_rollback(vip_bundle_id: str) -> None:
-    """Fail a rolling-back bundle whose undos are all recorded (operators, the reconciler)."""
+    """End an undoing bundle whose undos are all recorded (operators, the reconciler)."""
     finish_rollback(store().require(vip_bundle_id))

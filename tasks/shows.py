@@ -6,7 +6,7 @@ from adapters.partners import BusinessRefusal
 from process_manager import saga
 from process_manager.messages import BookShowTickets
 from tasks.celery_app import app, partners
-from tasks.steps import due, record
+from tasks.steps import due, record, show_booking
 
 
 @app.task(name="vip_bundle.book_show_tickets", ignore_result=True, throws=(BusinessRefusal,))
@@ -15,11 +15,5 @@ def book_show_tickets(vip_bundle_id: str) -> None:
     command = BookShowTickets(vip_bundle_id=vip_bundle_id)
     if (bundle := due(command)) is None:
         return
-    ticket_ids = partners().book_show_tickets(
-        booking_id=bundle.booking_id,  # the seller's idempotency key
-        customer_address=bundle.customer_email,
-        event_id=bundle.show_id,
-        number_of_tickets=bundle.number_of_tickets,
-        correlation_id=bundle.correlation_id,
-    )
+    ticket_ids = partners().book_show_tickets(**show_booking(bundle))
     record(command, lambda b: saga.booking_made(b, ticket_ids), bundle)

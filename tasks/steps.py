@@ -17,7 +17,7 @@ from adapters.metrics import METER
 from adapters.settings import get_settings
 from adapters.store import Applied
 from process_manager import saga
-from process_manager.bundle import Bundle, Status
+from process_manager.bundle import UNDOING, Bundle, Status
 from process_manager.messages import (
     BookingFailed_v1,
     Command,
@@ -25,6 +25,7 @@ from process_manager.messages import (
     FinalizeVipBundle,
     FlightBookingFailed_v1,
     Leg,
+    Step,
 )
 from tasks.celery_app import app, store
 
@@ -35,24 +36,49 @@ PROCESS_MANAGER = "vip_bundle.process_manager.handle_event"
 def due(command: Command) -> Bundle | None:
     """The bundle if `command` is still to be done, else None (and a log line saying why).
 
-    Each start is counted: past `2 * MAX_STEP_ATTEMPTS` starts (the step's worker died every
-    time: a failure that ends normally gives up at MAX_STEP_ATTEMPTS) the saga gives up on it.
+    One store script checks the status and counts the start (so a `cancelling` bundle starts
+    no forward step). Past `2 * MAX_STEP_ATTEMPTS` starts (the step's worker died every time:
+    a failure that ends normally gives up at MAX_STEP_ATTEMPTS) the saga gives up on it.
     """
-    bundle = store().require(command.vip_bundle_id)
-    if not saga.is_pending(bundle, command):
-        log.info(
-            "%s: skipped, bundle %s is %s",
-            type(command).__name__,
-            command.vip_bundle_id,
-            bundle.status,
-        )
+    name = type(command).__name__
+    started = store().start(
+        command.vip_bundle_id,
+        saga.step_name(command),
+        saga.runs_in(command),
+        per_round=saga.counted_per_round(command),
+    )
+    if started is None or not saga.is_pending(bundle := started[0], command):
+        log.info("%s: skipped, bundle %s is not due for it", name, command.vip_bundle_id)
         return None
-    starts = store().count_start(bundle.vip_bundle_id, saga.start_key(bundle, command))
+    starts = started[1]
     if starts > 2 * get_settings().max_step_attempts:
         _give_up(command, starts)
         return None
-    log.info("%s %s", type(command).__name__, command.model_dump(mode="json"))
+    log.info("%s %s", name, command.model_dump(mode="json"))
     return bundle
+
+
+def show_booking(bundle: Bundle) -> dict[str, Any]:
+    """The show booking request of a bundle: the same on every try and on its resolve."""
+    return {
+        "booking_id": bundle.booking_id,  # the seller's idempotency key
+        "customer_address": bundle.customer_email,
+        "event_id": bundle.show_id,
+        "number_of_tickets": bundle.number_of_tickets,
+        "correlation_id": bundle.correlation_id,
+    }
+
+
+def flight_booking(bundle: Bundle, leg: Leg) -> dict[str, Any]:
+    """One leg's booking request: the same on every try and on its resolve."""
+    return {
+        "customer_email": bundle.customer_email,
+        "flight_id": bundle.flight_id(leg),
+        "passenger_names": bundle.passengers,
+        "reference_id": bundle.vip_bundle_id,
+        "idempotency_key": bundle.key(f"flight-{leg}"),
+        "correlation_id": bundle.correlation_id,
+    }
 
 
 def _give_up(command: Command, starts: int) -> None:
@@ -62,25 +88,33 @@ def _give_up(command: Command, starts: int) -> None:
     )
     name, bundle_id = type(command).__name__, command.vip_bundle_id
     log.error("%s for %s: gave up after %d starts", name, bundle_id, starts)
-    start_rollback(applied)
+    hand_over(applied)
 
 
-def start_rollback(applied: Applied) -> None:
-    """Hand a recorded failure event (the bundle is now rolling back) to the process manager."""
-    if isinstance(applied.event, BookingFailed_v1 | FlightBookingFailed_v1):
+def hand_over(applied: Applied) -> None:
+    """Hand a recorded event to the process manager when it leaves undo work: a failure (the
+    bundle now rolls back), or a late outcome recorded while undoing (its tickets are undone)."""
+    event = applied.event
+    if event is None:
+        return
+    failure = isinstance(event, BookingFailed_v1 | FlightBookingFailed_v1)
+    late = isinstance(event, saga.OUTCOMES) and applied.bundle.status in UNDOING
+    if failure or late:
         # By name: tasks.saga (the canvas) imports this module, not the other way round.
-        app.send_task(PROCESS_MANAGER, args=[applied.event.to_message()])
+        app.send_task(PROCESS_MANAGER, args=[event.to_message()])
 
 
 def record(command: Command, outcome: Callable[[Bundle], Event], read: Bundle) -> Applied:
     """Apply the step's event atomically, unless someone else already did (or it moved on).
 
     `read` is the bundle as `due` read it: stored as the next version of it when nobody
-    changed it meanwhile, else the bundle is read again and the step re-decided.
+    changed it meanwhile, else the bundle is read again and the step re-decided. A booking
+    step that finds the bundle undoing (a cancel came while it was at the partner) is still
+    recorded, and its tickets are handed over to be undone.
     """
     applied = store().apply(
         command.vip_bundle_id,
-        lambda bundle: outcome(bundle) if saga.is_pending(bundle, command) else None,
+        lambda bundle: outcome(bundle) if saga.accepts_outcome(bundle, command) else None,
         current=read,
     )
     if applied.event is None:
@@ -90,6 +124,7 @@ def record(command: Command, outcome: Callable[[Bundle], Event], read: Bundle) -
             command.vip_bundle_id,
             applied.bundle.status,
         )
+    hand_over(applied)
     return applied
 
 
@@ -102,15 +137,15 @@ def finalize(bundle: Bundle) -> None:
 
 
 def finish_rollback(bundle: Bundle) -> None:
-    """`rolling_back` with nothing left to undo -> `failed`.
+    """Undoing with nothing left to undo or resolve: `failed` (rollback) or `cancelled`.
 
-    Every undo calls it after recording itself, so the last one to finish fails the bundle;
-    racing undos are settled by the version check (only one `VipBundleFailed_v1`).
+    Every undo calls it after recording itself, so the last one to finish ends the bundle;
+    racing undos are settled by the version check (only one final event).
     """
-    if bundle.status is Status.ROLLING_BACK and not saga.pending_compensations(bundle):
-        applied = store().apply(bundle.vip_bundle_id, saga.failed, current=bundle)
+    if bundle.status in (Status.ROLLING_BACK, Status.CANCELLING) and saga.finish(bundle):
+        applied = store().apply(bundle.vip_bundle_id, saga.finish, current=bundle)
         if applied.event is not None:
-            log.info("bundle %s rolled back: failed", bundle.vip_bundle_id)
+            log.info("bundle %s undone: %s", bundle.vip_bundle_id, applied.bundle.status)
 
 
 # --- step durations (vip_bundles_step_duration_seconds) -----------------------------------------
@@ -121,6 +156,7 @@ _STEP_OF_TASK: dict[str, Callable[[tuple[Any, ...]], str]] = {
     "vip_bundle.finalize": lambda _: "finalize",
     "vip_bundle.compensation.refund_ticket": lambda _: "refund_ticket",
     "vip_bundle.compensation.cancel_flight_tickets": lambda _: "cancel_flight_tickets",
+    "vip_bundle.compensation.resolve_booking": lambda args: f"resolve_{Step(args[1])}",
 }
 _started: dict[str, float] = {}
 

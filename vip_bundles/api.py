@@ -5,6 +5,7 @@
     GET  /vip-bundles?status=failed    -> 200 a page of bundle summaries
     GET  /vip-bundles?q=TEXT           -> 200 bundles whose id, booking id, email or correlation
                                           id is TEXT, whatever their status
+    POST /vip-bundles/{id}/cancel      -> 202 {"vip_bundle_id", "status"} | 404 | 409 | 422
     POST /vip-bundles/{id}/resume      -> 202 {"vip_bundle_id", "status"} | 404 | 409 (final)
     GET  /                             -> the operator's console (HTML); /dashboard.json its data
     GET  /metrics                      -> Prometheus text format
@@ -34,7 +35,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from adapters.metrics import RedisCollector
 from adapters.settings import get_settings
 from process_manager.bundle import FINAL, Status
-from process_manager.messages import BookVipBundle, InvalidRequest, parse_request, utcnow
+from process_manager.messages import (
+    BookVipBundle,
+    CancelReason,
+    InvalidRequest,
+    parse_cancel,
+    parse_request,
+    utcnow,
+)
 from vip_bundles.access import DoorGuard, is_loopback, parse_api_keys
 from vip_bundles.views import (
     MOVES_WINDOW_MIN,
@@ -69,6 +77,11 @@ class Errors(BaseModel):
 class Answer(BaseModel):
     vip_bundle_id: str
     booking_id: str
+
+
+class CancelAnswer(BaseModel):
+    vip_bundle_id: str
+    status: Status
 
 
 ERRORS_422 = {422: {"model": Errors, "description": "every bad field, named"}}
@@ -151,6 +164,36 @@ def create_app(api_keys: str | None = None) -> FastAPI:
         if html:
             return HTMLResponse(render("bundle.html", **page_context(bundle)), headers=vary)
         return JSONResponse(bundle_view(bundle), headers=vary)
+
+    @app.post(
+        "/vip-bundles/{vip_bundle_id}/cancel",
+        status_code=202,
+        response_model=CancelAnswer,
+        responses={404: {"model": Errors}, 409: {"model": Errors}, **ERRORS_422},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": CancelReason.model_json_schema()}},
+            }
+        },
+    )
+    async def cancel_vip_bundle(vip_bundle_id: str, request: Request) -> JSONResponse:
+        """Cancel a bundle: undo everything it booked; it ends `cancelled`. Idempotent."""
+        body = parse_cancel(CancelReason, json_object(await request.body()))
+        from adapters.store import BundleNotFound
+        from tasks.cancel import CancelRefused, answer, cancel_bundle
+
+        # Who asked: the key's fingerprint the access guard found ("local" on loopback).
+        key_name = getattr(request.state, "api_key_name", None)
+        who = f"http:{key_name}" if key_name else "http"
+        try:
+            bundle = await run_in_threadpool(cancel_bundle, vip_bundle_id, body.reason, who)
+        except BundleNotFound:
+            return errors_response(404, [error("vip_bundle_id", UNKNOWN_BUNDLE)])
+        except CancelRefused as exc:
+            return errors_response(409, [error("status", str(exc))])
+        log.info("cancel %s: %s", vip_bundle_id, bundle.status)
+        return JSONResponse(answer(bundle), status_code=202)
 
     @app.get("/vip-bundles", responses=ERRORS_422, response_model=None)
     def list_vip_bundles(

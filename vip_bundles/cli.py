@@ -147,6 +147,12 @@ def status(vip_bundle_id: str, as_json: Annotated[bool, typer.Option("--json")] 
     console.print(f"flight tickets: { {str(k): v for k, v in bundle.flight_tickets.items()} }")
     if bundle.failure:
         console.print(f"failure: {bundle.failure.step}: {bundle.failure.reason}")
+    if (c := bundle.cancellation) is not None:
+        by = f" by {c.requested_by}" if c.requested_by else ""
+        console.print(
+            f"cancelled{by} at {c.requested_at.isoformat(timespec='seconds')} "
+            f"(was {c.from_status}): {c.reason}"
+        )
     table = Table(title="timeline")
     for column in ("at", "+s", "event", "from", "to", "detail"):
         table.add_column(column)
@@ -162,6 +168,28 @@ def status(vip_bundle_id: str, as_json: Annotated[bool, typer.Option("--json")] 
             h.detail or "",
         )
     console.print(table)
+
+
+@cli.command()
+def cancel(
+    vip_bundle_id: str,
+    reason: Annotated[str, typer.Option(help="why (kept on the bundle and its events)")],
+) -> None:
+    """Cancel a bundle: undo everything it booked (workers do the undos). Idempotent."""
+    from adapters.store import BundleNotFound
+    from process_manager.messages import CancelReason, InvalidRequest, parse_cancel
+    from tasks.cancel import CancelRefused, answer, cancel_bundle
+
+    try:
+        body = parse_cancel(CancelReason, {"reason": reason})
+    except InvalidRequest as exc:
+        raise typer.BadParameter(str(exc), param_hint="--reason") from None
+    try:
+        bundle = cancel_bundle(vip_bundle_id, body.reason, who="cli")
+    except (BundleNotFound, CancelRefused) as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    console.print_json(json.dumps(answer(bundle)))
 
 
 @cli.command("list")
@@ -180,11 +208,13 @@ def list_(
         raise typer.Exit(2) from None
     st = store()
     table = Table(title=f"{st.count(wanted)} bundles {wanted}")
-    for column in ("vip_bundle_id", "updated", "failure"):
+    for column in ("vip_bundle_id", "updated", "failure / cancellation"):
         table.add_column(column)
     for b in st.list(wanted, limit=limit):
-        failure = f"{b.failure.step}: {b.failure.reason}" if b.failure else ""
-        table.add_row(b.vip_bundle_id, b.updated_at.isoformat(timespec="seconds"), failure)
+        why = f"{b.failure.step}: {b.failure.reason}" if b.failure else ""
+        if b.cancellation:
+            why = f"cancelled: {b.cancellation.reason}"
+        table.add_row(b.vip_bundle_id, b.updated_at.isoformat(timespec="seconds"), why)
     console.print(table)
 
 

@@ -14,8 +14,8 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from process_manager import saga
-from process_manager.bundle import IN_FLIGHT, Bundle, Status
-from process_manager.messages import CancelFlightTickets, Leg, RefundTicket
+from process_manager.bundle import IN_FLIGHT, UNDOING, Bundle, HistoryEntry, Status
+from process_manager.messages import CancelFlightTickets, Leg, RefundTicket, ResolveBooking
 
 # --- JSON views ----------------------------------------------------------------------------------
 
@@ -28,11 +28,13 @@ def _pending(bundle: Bundle) -> list[dict[str, str]]:
                 out.append({"step": "refund_ticket", "ticket_id": ticket_id})
             case CancelFlightTickets(leg=leg):
                 out.append({"step": "cancel_flight_tickets", "leg": leg.value})
+            case ResolveBooking(step=step):
+                out.append({"step": "resolve_booking", "booking_step": step.value})
     return out
 
 
 def compensations(bundle: Bundle) -> dict[str, Any]:
-    """The undo work done so far, and what is still to do (in a rollback)."""
+    """The undo work done so far, and what is still to do (in a rollback or a cancellation)."""
     cancelled = [t for leg in bundle.cancelled_legs for t in bundle.flight_tickets.get(leg, [])]
     return {
         "refunded_ticket_ids": bundle.refunded_ticket_ids,
@@ -59,6 +61,7 @@ def bundle_view(bundle: Bundle) -> dict[str, Any]:
         "flight_tickets": {leg.value: bundle.flight_tickets.get(leg, []) for leg in Leg},
         "compensations": compensations(bundle),
         "failure": data["failure"],
+        "cancellation": data["cancellation"],
         "last_error": data["last_error"],
         "step_failures": data["step_failures"],
         "compensation_failures": data["compensation_failures"],
@@ -83,7 +86,15 @@ def bundle_view(bundle: Bundle) -> dict[str, Any]:
 
 def bundle_summary(bundle: Bundle) -> dict[str, Any]:
     data = bundle.model_dump(mode="json")
-    keys = ("vip_bundle_id", "booking_id", "status", "customer_email", "show_id", "failure")
+    keys = (
+        "vip_bundle_id",
+        "booking_id",
+        "status",
+        "customer_email",
+        "show_id",
+        "failure",
+        "cancellation",
+    )
     return {
         **{k: data[k] for k in keys},
         "created_at": data["created_at"],
@@ -119,6 +130,17 @@ STEP_OF_EVENT = {
     "RollbackResumed": "rollback resumed",
     "VipBundleFinalized_v1": "finalize",
     "VipBundleFailed_v1": "rollback complete",
+    "VipBundleCancellationRequested_v1": "cancel requested",
+    "CancellationResumed": "cancellation resumed",
+    "VipBundleCancelled_v1": "cancellation complete",
+}
+# Outcomes of a booking step recorded while undoing: it was at the partner when the cancel
+# came (or was given up without an answer) and reported late, or was resolved by re-sending.
+LATE_STEP = {
+    "BookingMade_v1": "book show tickets: late outcome, to be undone",
+    "BookingFailed_v1": "book show tickets: booked nothing",
+    "FlightBooked_v1": "book flight: late outcome, to be undone",
+    "FlightBookingFailed_v1": "book flight: booked nothing",
     "LedgerDriftDetected_v1": "audit: partner records disagree",
 }
 FAILURE_EVENTS = {
@@ -128,7 +150,13 @@ FAILURE_EVENTS = {
     "CompensationFailed_v1",
     "LedgerDriftDetected_v1",
 }
-UNDO_EVENTS = {"TicketRefunded_v1", "FlightTicketsCancelled_v1", "VipBundleFailed_v1"}
+UNDO_EVENTS = {
+    "TicketRefunded_v1",
+    "FlightTicketsCancelled_v1",
+    "VipBundleFailed_v1",
+    "VipBundleCancelled_v1",
+}
+CANCEL_EVENTS = {"VipBundleCancellationRequested_v1", "CancellationResumed"}
 
 
 def _ms(seconds: float) -> str:
@@ -143,12 +171,27 @@ def _clock(at: datetime) -> str:
     return at.strftime("%H:%M:%S.") + f"{at.microsecond // 1000:03d}"
 
 
+def _kind(h: HistoryEntry) -> str:
+    """How a timeline row is styled: a late outcome, a cancel, a failure, an undo, or plain."""
+    if h.from_status in UNDOING and h.event in LATE_STEP:
+        return "late"
+    for kind, events in (
+        ("cancel", CANCEL_EVENTS),
+        ("failure", FAILURE_EVENTS),
+        ("undo", UNDO_EVENTS),
+    ):
+        if h.event in events:
+            return kind
+    return ""
+
+
 def timeline(bundle: Bundle) -> list[dict[str, Any]]:
     rows = []
     start = bundle.history[0].at if bundle.history else None
     previous = start
     for n, h in enumerate(bundle.history, 1):
-        kind = "failure" if h.event in FAILURE_EVENTS else "undo" if h.event in UNDO_EVENTS else ""
+        kind = _kind(h)
+        step = LATE_STEP[h.event] if kind == "late" else STEP_OF_EVENT.get(h.event, h.event)
         rows.append(
             {
                 "n": n,
@@ -156,7 +199,7 @@ def timeline(bundle: Bundle) -> list[dict[str, Any]]:
                 "clock": _clock(h.at),
                 "since_start_ms": _ms((h.at - start).total_seconds()) if start else "",
                 "since_previous_ms": _ms((h.at - previous).total_seconds()) if previous else "",
-                "step": STEP_OF_EVENT.get(h.event, h.event),
+                "step": step,
                 "event": h.event,
                 "from": h.from_status.value if h.from_status else "",
                 "to": h.to_status.value,
@@ -172,24 +215,30 @@ def timeline(bundle: Bundle) -> list[dict[str, Any]]:
 
 S = Status
 NODE_W, NODE_H = 150, 44
-# Forward path along the top, rollback below it, final states in the right column (a little
-# further out: the widest edge label, VipBundleFinalized, sits before it).
+# Forward path along the top. Below it the rollback on the left (ending `failed`) and the
+# cancellation on the right (ending `cancelled`), the parked status between the two. The top
+# row leaves room above for its loops' labels (and, on the console, their counts).
 LAYOUT: dict[Status, tuple[int, int]] = {
     S.INITIALIZED: (95, 100),
-    S.BOOKING_MADE: (355, 100),
-    S.INBOUND_BOOKED: (615, 100),
-    S.RETURN_BOOKED: (875, 100),
-    S.FINALIZED: (1150, 100),
-    S.ROLLING_BACK: (615, 300),
-    S.FAILED: (1150, 300),
-    S.COMPENSATION_FAILED: (615, 470),
-    S.CANCELLING: (875, 470),
-    S.CANCELLED: (1150, 470),
+    S.BOOKING_MADE: (345, 100),
+    S.INBOUND_BOOKED: (595, 100),
+    S.RETURN_BOOKED: (845, 100),
+    S.FINALIZED: (1095, 100),
+    S.ROLLING_BACK: (345, 310),
+    S.FAILED: (95, 480),
+    S.COMPENSATION_FAILED: (595, 480),
+    S.CANCELLING: (845, 310),
+    S.CANCELLED: (1095, 480),
 }
-DIAGRAM_W, DIAGRAM_H = 1245, 530
+DIAGRAM_W, DIAGRAM_H = 1190, 540
 LINE_H = 12.6  # one line of an edge label (1.2em of 10.5px)
-# Self-loops sit above the top row and left of the rollback states, clear of other edges.
-LOOP_SIDE = {S.ROLLING_BACK: "left", S.COMPENSATION_FAILED: "left"}
+# Self-loops sit above the top row and beside the undoing states, clear of other edges.
+LOOP_SIDE = {S.ROLLING_BACK: "left", S.COMPENSATION_FAILED: "left", S.CANCELLING: "right"}
+# Where along an edge its label sits (default: half way): the diagonals into rolling_back have
+# theirs higher, clear of the vertical one's.
+LABEL_AT = {(S.INITIALIZED, S.ROLLING_BACK): 0.3, (S.INBOUND_BOOKED, S.ROLLING_BACK): 0.3}
+# A self-loop carrying every late booking outcome gets one label for them.
+LATE_OUTCOMES = ["BookingMade", "BookingFailed", "FlightBooked", "FlightBookingFailed"]
 STATUS_KIND = {
     S.FINALIZED: "ok",
     S.FAILED: "failed",
@@ -206,13 +255,14 @@ class Edge:
     label_x: float
     label_y: float
     anchor: str
-    labels: list[str]
+    labels: list[str]  # drawn
+    events: list[str]  # every event of the edge (its tooltip)
     taken: bool = False
     moves: int | None = None  # the fleet view: transitions along it lately
 
 
 def _short(event: type) -> str:
-    return event.__name__.removesuffix("_v1")
+    return event.__name__.removesuffix("_v1").removeprefix("VipBundle")
 
 
 def _border(cx: float, cy: float, dx: float, dy: float) -> tuple[float, float]:
@@ -224,7 +274,9 @@ def _border(cx: float, cy: float, dx: float, dy: float) -> tuple[float, float]:
     return cx + t * dx, cy + t * dy
 
 
-def _line(source: Status, target: Status, offset: float) -> tuple[str, float, float]:
+def _line(
+    source: Status, target: Status, offset: float, at: float = 0.5
+) -> tuple[str, float, float]:
     (x1, y1), (x2, y2) = LAYOUT[source], LAYOUT[target]
     dx, dy = x2 - x1, y2 - y1
     length = (dx * dx + dy * dy) ** 0.5
@@ -233,7 +285,7 @@ def _line(source: Status, target: Status, offset: float) -> tuple[str, float, fl
     ax, ay = _border(x1, y1, dx, dy)
     bx, by = _border(x2, y2, -dx, -dy)
     path = f"M{ax + ox:.1f},{ay + oy:.1f} L{bx + ox:.1f},{by + oy:.1f}"
-    return path, (ax + bx) / 2 + ox, (ay + by) / 2 + oy
+    return path, ax + (bx - ax) * at + ox, ay + (by - ay) * at + oy
 
 
 def _loop(status: Status, lines: int) -> tuple[str, float, float, str]:
@@ -243,9 +295,34 @@ def _loop(status: Status, lines: int) -> tuple[str, float, float, str]:
         e = x - NODE_W / 2
         path = f"M{e},{y - 10} C{e - 60},{y - 45} {e - 60},{y + 45} {e},{y + 10}"
         return path, e - 50, y, "end"
+    if LOOP_SIDE.get(status) == "right":
+        e = x + NODE_W / 2
+        path = f"M{e},{y - 10} C{e + 60},{y - 45} {e + 60},{y + 45} {e},{y + 10}"
+        return path, e + 50, y, "start"
     t = y - NODE_H / 2
     path = f"M{x - 22},{t} C{x - 50},{t - 45} {x + 50},{t - 45} {x + 22},{t}"
     return path, x, t - 38 - LINE_H * (lines - 1), "middle"
+
+
+def _length(source: Status, target: Status) -> float:
+    (x1, y1), (x2, y2) = LAYOUT[source], LAYOUT[target]
+    return ((x2 - x1) ** 2 + (y2 - y1) ** 2) ** 0.5
+
+
+def _labels(
+    source: Status,
+    target: Status,
+    labels: list[str],
+    pairs: dict[tuple[Status, Status], list[str]],
+) -> list[str]:
+    """The labels drawn on one edge. Edges into one status by the same events (a cancel from
+    every status) are labelled once, on the shortest of them; the rest show it on hover."""
+    if source == target and all(e in labels for e in LATE_OUTCOMES):
+        return [*(e for e in labels if e not in LATE_OUTCOMES), "late booking outcomes"]
+    same = [s for (s, t), other in pairs.items() if t == target and s != t and other == labels]
+    if len(same) > 2 and source != min(same, key=lambda s: _length(s, target)):
+        return []
+    return labels
 
 
 @cache
@@ -255,19 +332,21 @@ def _edges() -> tuple[Edge, ...]:
     for (source, event), target in saga.TRANSITIONS.items():
         pairs.setdefault((source, target), []).append(_short(event))
     edges = []
-    for (source, target), labels in pairs.items():
+    for (source, target), events in pairs.items():
+        labels = _labels(source, target, events, pairs)
         if source == target:
             d, lx, ly, anchor = _loop(source, len(labels))
         else:
             both_ways = (target, source) in pairs
-            d, lx, ly = _line(source, target, 10 if both_ways else 0)
+            at = LABEL_AT.get((source, target), 0.5)
+            d, lx, ly = _line(source, target, 10 if both_ways else 0, at)
             anchor = "middle"
             if LAYOUT[source][0] == LAYOUT[target][0]:  # vertical: label beside the line
                 down = LAYOUT[target][1] > LAYOUT[source][1]
                 anchor, lx = ("start", lx + 8) if down != both_ways else ("end", lx - 8)
             else:
                 ly -= 6
-        edges.append(Edge(source, target, d, lx, ly, anchor, labels))
+        edges.append(Edge(source, target, d, lx, ly, anchor, labels, events))
     return tuple(edges)
 
 
@@ -329,8 +408,10 @@ def fleet_diagram(counts: dict[Status, int], moves: dict[str, int]) -> dict[str,
 
 def headline(bundle: Bundle) -> dict[str, str]:
     """One sentence saying where the bundle stands and, if it failed, why."""
-    failure = bundle.failure
+    failure, c = bundle.failure, bundle.cancellation
     why = f"{failure.step}: {failure.reason}" if failure else ""
+    by = f" by {c.requested_by}" if c and c.requested_by else ""
+    asked = f"Asked{by} while {c.from_status.value}: {c.reason}" if c else ""
     match bundle.status:
         case S.FINALIZED:
             return {"kind": "ok", "text": "Finalized: show tickets and both flights booked."}
@@ -340,10 +421,15 @@ def headline(bundle: Bundle) -> dict[str, str]:
             return {
                 "kind": "parked",
                 "text": f"Parked: an undo failed ({bundle.last_error or 'see timeline'}). "
-                f"It is retried later. Original failure: {why}",
+                f"It is retried later. "
+                + (f"Cancellation. {asked}" if c else f"Original failure: {why}"),
             }
         case S.ROLLING_BACK:
             return {"kind": "failed", "text": f"Rolling back. Why: {why}"}
+        case S.CANCELLING:
+            return {"kind": "failed", "text": f"Cancelling: undoing what it booked. {asked}"}
+        case S.CANCELLED:
+            return {"kind": "failed", "text": f"Cancelled: everything undone. {asked}"}
     note = f" Last error: {bundle.last_error}" if bundle.last_error else ""
     return {"kind": "flight", "text": f"In flight ({bundle.status.value}).{note}"}
 
@@ -368,7 +454,9 @@ def page_context(bundle: Bundle) -> dict[str, Any]:
             if bundle.flight_tickets.get(leg) or leg in bundle.cancelled_legs
         ],
         "pending": _pending(bundle),
-        "in_rollback": bool(bundle.failure) or bundle.status in (S.ROLLING_BACK, S.FAILED),
+        "in_rollback": bool(bundle.failure or bundle.cancellation)
+        or bundle.status in (S.ROLLING_BACK, S.FAILED),
+        "cancellation": bundle.cancellation,
     }
 
 

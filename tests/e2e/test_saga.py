@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -156,3 +157,42 @@ def test_invalid_requests_are_refused_naming_the_field_and_store_nothing(saga, c
     assert store().get(bundle_id) is None
     # The worker keeps serving.
     assert saga.run(request()).status is Status.FINALIZED
+
+
+def test_a_show_booking_given_up_in_doubt_is_resolved_and_refunded(saga: Saga, simulator):
+    """No longer a known limit: the seller booked the tickets but the saga never got the
+    answer and gave up. The rollback re-sends the booking with the same `booking_id`, learns
+    the tickets from the seller's first answer, and refunds them."""
+    from adapters.partners import Partners
+    from process_manager import saga as rules
+    from tasks.saga import take_up
+    from tasks.steps import show_booking
+
+    body = request()
+    seats = saga.sim.show_seats(body["show_id"])
+    saga.sim.fault("/dead-nation-api", status=503, rate=1.0)  # the step fails, bundle waits
+    bundle_id = saga.book(body)["vip_bundle_id"]
+    deadline = time.monotonic() + 30
+    while (waiting := store().require(bundle_id)).step_failures < 1:
+        assert time.monotonic() < deadline, "the show step never failed"
+        time.sleep(0.05)
+    assert waiting.status is Status.INITIALIZED
+    saga.sim.clear_faults()
+    # What the seller did with a call whose answer was lost: booked, under the bundle's key.
+    partners = Partners(simulator.url, attempts=1)
+    try:
+        booked = partners.book_show_tickets(**show_booking(waiting))
+    finally:
+        partners.close()
+    applied = store().apply(bundle_id, lambda b: rules.booking_failed(b, "gave up", in_doubt=True))
+    assert applied.bundle.status is Status.ROLLING_BACK
+    take_up(applied.bundle)
+
+    bundle = saga.wait(bundle_id)
+    assert bundle.status is Status.FAILED
+    assert sorted(bundle.ticket_ids) == sorted(booked)
+    assert sorted(bundle.refunded_ticket_ids) == sorted(booked)
+    assert seats - saga.sim.show_seats(body["show_id"]) == len(booked)  # booked once
+    refunded = [r["payment_reference"] for r in saga.sim.refunds()]
+    assert sorted(t for t in refunded if t in booked) == sorted(booked)
+    assert saga.events(bundle_id)[-1] == "VipBundleFailed_v1"

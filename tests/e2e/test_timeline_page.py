@@ -222,6 +222,40 @@ def test_page_of_a_finalized_bundle_highlights_the_forward_path(
     assert len(dom.all("tr", "step")) == 5
 
 
+def test_page_of_a_cancelled_bundle_shows_the_cancellation_path_and_reason(
+    api: httpx.Client, saga: Saga, chromium: str, tmp_path: Path
+):
+    bundle_id = api.post("/book-vip-bundle", json=request()).json()["vip_bundle_id"]
+    assert settle(api, bundle_id)["status"] == "finalized"
+    r = api.post(f"/vip-bundles/{bundle_id}/cancel", json={"reason": "<b>storm</b> warning"})
+    assert r.status_code == 202
+    saga.wait(bundle_id)
+
+    dom = parse(
+        run_chromium(chromium, f"{api.base_url}/vip-bundles/{bundle_id}", tmp_path, "--dump-dom")
+    )
+
+    nodes = {n.attrs["data-status"]: n.classes for n in dom.all("g", "node")}
+    assert [s for s, c in nodes.items() if "current" in c] == ["cancelled"]
+    taken = {(e.attrs["data-from"], e.attrs["data-to"]) for e in dom.all("g", "taken")}
+    forward = ["initialized", "booking_made", "inbound_booked", "return_booked", "finalized"]
+    assert taken == {
+        *pairwise(forward),
+        ("finalized", "cancelling"),
+        ("cancelling", "cancelling"),
+        ("cancelling", "cancelled"),
+    }
+    assert dom.by_id("cancellation-reason").text.strip() == "<b>storm</b> warning"  # escaped
+    assert "storm" in dom.by_id("headline").text
+    rows = dom.all("tr", "step")
+    assert rows[5].attrs["data-event"] == "VipBundleCancellationRequested_v1"
+    assert "cancel" in rows[5].classes
+    assert rows[-1].attrs["data-event"] == "VipBundleCancelled_v1"
+    assert api.get(f"/vip-bundles/{bundle_id}").json()["cancellation"]["from_status"] == (
+        "finalized"
+    )
+
+
 @pytest.mark.parametrize(
     ("accept", "html"),
     [

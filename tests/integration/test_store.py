@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from redis import Redis
 
-from adapters.store import BundleStore
+from adapters.store import BundleNotFound, BundleStore
 from process_manager import saga
 from process_manager.bundle import Bundle, Status
-from process_manager.messages import Leg
+from process_manager.messages import BookFlight, BookShowTickets, Command, Leg, RefundTicket, Step
 from tests.factories import fresh_bundle
 
 
@@ -103,3 +103,56 @@ def test_history_only_events_are_not_streamed(store: BundleStore):
     stored = store.require(bundle.vip_bundle_id)
     assert stored.step_failures == 1
     assert stream_names(store, bundle.vip_bundle_id) == ["VipBundleInitialized_v1"]
+
+
+def _start(store: BundleStore, bundle: Bundle, command: Command) -> tuple[Bundle, int] | None:
+    return store.start(
+        bundle.vip_bundle_id,
+        saga.step_name(command),
+        saga.runs_in(command),
+        per_round=saga.counted_per_round(command),
+    )
+
+
+def test_a_step_starts_and_is_counted_only_in_its_status(store: BundleStore):
+    bundle = created(store)
+    show = BookShowTickets(vip_bundle_id=bundle.vip_bundle_id)
+    inbound = BookFlight(vip_bundle_id=bundle.vip_bundle_id, leg=Leg.INBOUND)
+    started = _start(store, bundle, show)
+    assert started is not None
+    read, count = started
+    assert (read, count) == (store.require(bundle.vip_bundle_id), 1)
+    assert read.starts == {"BookShowTickets": 1}
+    assert _start(store, bundle, inbound) is None  # not its status: nothing counted
+    assert _start(store, bundle, show)[1] == 2  # type: ignore[index]
+    assert store.require(bundle.vip_bundle_id).starts == {"BookShowTickets": 2}
+    with pytest.raises(BundleNotFound):
+        store.start("no-such-bundle", "BookShowTickets", [Status.INITIALIZED])
+
+
+def test_once_cancelling_no_forward_step_starts_and_the_count_is_final(store: BundleStore):
+    bundle = created(store)
+    show = BookShowTickets(vip_bundle_id=bundle.vip_bundle_id)
+    _start(store, bundle, show)
+    cancel = saga.cancel(store.require(bundle.vip_bundle_id), "test")
+    applied = store.apply(bundle.vip_bundle_id, lambda b: cancel)  # type: ignore[arg-type,return-value]
+    assert applied.bundle.status is Status.CANCELLING
+    assert _start(store, bundle, show) is None
+    after = store.require(bundle.vip_bundle_id)
+    assert after.starts == {"BookShowTickets": 1}
+    assert saga.in_doubt(after) == [Step.SHOW]
+
+
+def test_an_undo_is_counted_per_round(store: BundleStore):
+    bundle = created(store)
+    bid = bundle.vip_bundle_id
+    store.apply(bid, lambda b: saga.booking_made(b, ["t1"]))
+    store.apply(bid, lambda b: saga.flight_booking_failed(b, Leg.INBOUND, "409"))
+    refund = RefundTicket(vip_bundle_id=bid, ticket_id="t1")
+    read, count = _start(store, bundle, refund)  # type: ignore[misc]
+    assert count == 1 and saga.start_key(read, refund) in read.starts
+    store.apply(bid, lambda b: saga.compensation_failed(b, "RefundTicket", "503"))
+    store.apply(bid, saga.rollback_resumed)
+    read, count = _start(store, bundle, refund)  # type: ignore[misc]
+    assert count == 1  # a fresh budget in the new round
+    assert read.starts[saga.start_key(read, refund)] == 1

@@ -7,10 +7,12 @@ broke which rule. A scenario asserts `report.violations == []` and the counts it
 
 The rules (issue 4):
 - every submitted bundle is stored, in exactly one status index, and settled: `finalized`,
-  `failed`, or parked in `compensation_failed` (counted, and listed by its index); none in flight;
+  `failed`, `cancelled`, or parked in `compensation_failed` (counted, and listed by its index);
+  none in flight;
 - a finalized bundle holds its show tickets and both legs, nothing refunded, voided or cancelled;
-- a failed bundle has each ticket refunded once and its receipt voided, every flight ticket it
-  booked cancelled, nothing left booked;
+- a failed or cancelled bundle has each ticket refunded once and its receipt voided, every flight
+  ticket it booked cancelled, nothing left booked; a cancelled bundle's last event is
+  `VipBundleCancelled_v1`;
 - no partner effect happens twice for one idempotency key, and no key is reused for another
   request; seats never go below zero (and, where the capacity is known, seats left match the
   tickets held);
@@ -31,6 +33,7 @@ from process_manager.bundle import FINAL, IN_FLIGHT, Bundle, Status
 from process_manager.messages import EVENT_TYPES, Leg
 
 MUTATING = ("POST", "PUT", "DELETE")
+UNDONE = (Status.FAILED, Status.CANCELLED)  # nothing may be left booked or charged
 FLIGHTS = "/transportation-api/flight-tickets"
 
 
@@ -39,6 +42,7 @@ class Counts:
     bundles: int = 0  # stored under the scenario's prefix
     finalized: int = 0
     failed: int = 0
+    cancelled: int = 0
     parked: int = 0  # compensation_failed: allowed only where the scenario says so
     stuck: int = 0  # still in flight when checked
     lost: int = 0  # submitted but not stored, or not in exactly its own status index
@@ -153,6 +157,12 @@ def _check_statuses(bundles: dict[str, Bundle], report: Report, allow_parked: bo
             report.counts.finalized += 1
         elif bundle.status is Status.FAILED:
             report.counts.failed += 1
+        elif bundle.status is Status.CANCELLED:
+            report.counts.cancelled += 1
+            if bundle.history[-1].event != "VipBundleCancelled_v1":
+                report.violations.append(
+                    f"{bundle.vip_bundle_id}: cancelled, last event {bundle.history[-1].event}"
+                )
         elif bundle.status is Status.COMPENSATION_FAILED:
             report.counts.parked += 1
             if not allow_parked:
@@ -245,7 +255,7 @@ def _check_flights(bundles: dict[str, Bundle], partners: PartnerState, report: R
                     f"{len(active)} active at the airline"
                 )
         else:
-            leaked = set(active) if bundle.status is Status.FAILED else set()
+            leaked = set(active) if bundle.status in UNDONE else set()
         if leaked:
             report.add(
                 "leaked_flights", f"{reference} ({bundle.status}): {len(leaked)} {leg} tickets left"
@@ -272,18 +282,19 @@ def _check_show_tickets(bundles: dict[str, Bundle], partners: PartnerState, repo
                     f"{bundle.vip_bundle_id}: finalized with {len(tickets)} tickets, "
                     f"{len(undone)} refunded or voided"
                 )
-        elif bundle.status is Status.FAILED:
+        elif bundle.status in UNDONE:
             unrefunded = [t for t in tickets if refunded[t] == 0]
             unvoided = [t for t in tickets if not partners.receipts.get(t, {}).get("voided")]
             if unrefunded:
                 report.add(
                     "leaked_show_tickets",
-                    f"{bundle.vip_bundle_id}: failed, {len(unrefunded)} tickets not refunded",
+                    f"{bundle.vip_bundle_id}: {bundle.status}, "
+                    f"{len(unrefunded)} tickets not refunded",
                     len(unrefunded),
                 )
             if unvoided:
                 report.violations.append(
-                    f"{bundle.vip_bundle_id}: failed, {len(unvoided)} receipts not voided"
+                    f"{bundle.vip_bundle_id}: {bundle.status}, {len(unvoided)} receipts not voided"
                 )
     # Tickets the seller issued that no bundle knows: a booking made twice, or one the saga
     # gave up on without learning its tickets.

@@ -21,6 +21,7 @@ COLUMNS = [
     ("bundles", "bundles"),
     ("finalized", "finalized"),
     ("failed", "failed"),
+    ("cancelled", "cancelled"),
     ("parked", "parked"),
     ("stuck", "stuck"),
     ("lost", "lost"),
@@ -45,6 +46,11 @@ ORDER = [
     "7-bad-http",
     "7-garbage-celery",
     "7-garbage-hardened",
+    "8-cancel-race",
+    "8-cancel-kill",
+    "8-cancel-twice",
+    "8-cancel-outage",
+    "8-cancel-random",
 ]
 
 INTRO = f"""# Reliability: what the saga survives, measured
@@ -55,11 +61,13 @@ settle, and then checks the invariants of `tests/reliability/invariants.py` over
 partners saw (`/_sim/calls`, flight tickets, refunds, receipts, seat counts) and over what Redis
 holds (each bundle, its status index, the events stream):
 
-- every bundle is stored, in exactly one status index, and `finalized`, `failed`, or parked in
-  `compensation_failed` (counted as *parked* and listed); none *stuck* in flight, none *lost*;
+- every bundle is stored, in exactly one status index, and `finalized`, `failed`, `cancelled`,
+  or parked in `compensation_failed` (counted as *parked* and listed); none *stuck* in flight,
+  none *lost*;
 - a finalized bundle holds its show tickets and both legs; nothing refunded, voided, cancelled;
-- a failed bundle has each ticket refunded once and its receipt voided, every flight ticket it
-  booked cancelled (else *leaked*);
+- a failed or cancelled bundle has each ticket refunded once and its receipt voided, every
+  flight ticket it booked cancelled (else *leaked*); a cancelled one ends with
+  `VipBundleCancelled_v1`;
 - no effect twice for one idempotency key and no key reused for another request
   (*dup. effects*), no ticket refunded twice, seats never below zero (and where a test set the
   capacity, seats left = capacity - tickets held);
@@ -99,8 +107,9 @@ NOTES: dict[str, str] = {
         "A step whose worker dies every time it runs: Celery would redeliver it forever (no "
         "redelivery cap, no redelivered flag on Redis). `tasks/steps.py:due()` counts the "
         "starts of each step in Redis and, past `2 * MAX_STEP_ATTEMPTS`, gives up: a forward "
-        "step rolls back in doubt (the flight is cancelled by looking it up by reference), an "
-        "undo parks the bundle for the reconciler's next round."
+        "step rolls back in doubt (the flight call is re-sent with the same idempotency key, "
+        "which learns its tickets, then they are cancelled), an undo parks the bundle for the "
+        "reconciler's next round."
     ),
     "2-duplicates": (
         "*skipped as done*: duplicates that found their step already recorded; *lost the "
@@ -161,6 +170,41 @@ NOTES: dict[str, str] = {
         "`adapters/broker.py` refuses them (logs, rejects without requeue) once celeryconfig "
         "enables it; until then this test is an expected failure."
     ),
+    "8-cancel-race": (
+        "One bundle per forward step (show, inbound flight, return flight) is held at the "
+        "partner by the simulator's delay, and cancelled through the Celery door while held. "
+        "Once `cancelling` no forward step starts (the start script checks the status); the "
+        "held step was started, so it is in doubt and `resolve_booking` re-sends its request "
+        "with the same key. *late outcomes recorded*: the tickets the held step booked, "
+        "recorded while cancelling and then undone (once each, whichever of the original "
+        "call and the re-send answered first)."
+    ),
+    "8-cancel-kill": (
+        "Two finalized bundles and one held at its inbound flight are cancelled; every refund "
+        "is held at the payments partner when the worker is killed (`kill -9` of its process "
+        "group). The killed messages never come back (`VISIBILITY_TIMEOUT_S` is an hour): "
+        "the reconciler resumes the stale `cancelling` bundles (*rollbacks resumed*) and the "
+        "re-sent refunds carry the same keys as the held ones, so each ticket is refunded once."
+    ),
+    "8-cancel-twice": (
+        "Six finalized bundles and six just booked, every cancel sent twice at once: each "
+        "bundle records one `VipBundleCancellationRequested_v1` (the second cancel finds it "
+        "`cancelling`: nothing new happens) and one `VipBundleCancelled_v1`."
+    ),
+    "8-cancel-outage": (
+        "Finalized bundles cancelled while payments answer 503: each cancellation parks in "
+        "`compensation_failed` (*during outage*), keeping what it is. Once payments are back "
+        "beat takes them up as cancellations (`CancellationResumed`, never `RollbackResumed`) "
+        "and they end `cancelled`, each ticket refunded once."
+    ),
+    "8-cancel-random": (
+        "120 bundles (a third with the return flight sold out) while every partner misbehaves "
+        "as in scenario 3; 70% of them are cancelled at random moments within 6 s of booking, "
+        "so cancels land before, during and after every step, during rollbacks and after "
+        "finalizing. A cancel of a bundle that had already `failed` is refused (*cancels "
+        "refused already failed*); every other cancelled bundle ends `cancelled`. *cancelled "
+        "from*: the status each cancel found."
+    ),
 }
 
 HEALED_BY = [
@@ -197,6 +241,11 @@ HEALED_BY = [
     (
         "the last seats",
         "the airline's atomic seat check; the losers' rollback gives their other seats back",
+    ),
+    (
+        "a cancel racing a step at a partner",
+        "the start script (no forward step starts once `cancelling`), late outcomes recorded "
+        "and undone, a step in doubt resolved by re-sending with the same idempotency key",
     ),
     (
         "malformed requests, garbage on the queue",

@@ -142,6 +142,11 @@ class Stack:
     def send_book(self, body: dict[str, Any]) -> AsyncResult:
         return self.app.send_task("vip_bundle.book", kwargs=body, queue=INTAKE)
 
+    def send_cancel(self, bundle_id: str, reason: str = "customer asked") -> AsyncResult:
+        """A cancel through the Celery door, as an outside service sends it."""
+        body = {"vip_bundle_id": bundle_id, "reason": reason}
+        return self.app.send_task("vip_bundle.cancel", kwargs=body, queue=INTAKE)
+
     def send(self, task: str, *args: Any, **options: Any) -> AsyncResult:
         """Send a task by name, routed as our own app routes it (celeryconfig.task_routes)."""
         return self.app.send_task(task, args=list(args), **options)

@@ -97,3 +97,28 @@ def test_planted_faults_are_each_counted(world):
     assert c.duplicated_effects == 1  # two tickets on one flight for one passenger
     assert c.double_refunds == 1
     assert any("refunded or voided" in v for v in report.violations)  # finalized, yet refunded
+
+
+def test_a_cancelled_bundle_is_checked_like_a_failed_one(world):
+    store, sim, partners = world
+    b = finalized(store, partners)
+    cancel = saga.cancel(b, "test")
+    b = store.apply(b.vip_bundle_id, lambda _: cancel).bundle  # type: ignore[arg-type,return-value]
+    # Only the return leg is undone; the inbound tickets and the show ticket are left.
+    for ticket_id in b.flight_tickets[Leg.RETURN]:
+        partners.cancel_flight_ticket(ticket_id)
+    b = store.apply(
+        b.vip_bundle_id,
+        lambda b: saga.flight_tickets_cancelled(b, Leg.RETURN, b.flight_tickets[Leg.RETURN]),
+    ).bundle
+    # Planted: marked cancelled without the remaining undos (the saga itself refuses this).
+    done = b.model_copy(update={"status": saga.S.CANCELLED, "version": b.version + 1})
+    assert store.save(b, done, None)
+
+    report = check(store, sim, [b.vip_bundle_id])
+    c = report.counts
+    assert (c.bundles, c.cancelled) == (1, 1)
+    assert c.leaked_flights == 1  # the inbound leg is still booked
+    assert c.leaked_show_tickets == 1  # the show ticket is not refunded
+    assert any("receipts not voided" in v for v in report.violations)
+    assert any("last event" in v for v in report.violations)

@@ -141,7 +141,7 @@ def test_worker_killed_mid_step_a_new_worker_finishes_every_bundle(make_stack, r
 def test_a_step_that_kills_its_worker_every_time_is_given_up(make_stack, record):
     """A poison step: every worker that runs it dies. Celery would redeliver it forever; the
     saga counts starts and, past 2 * MAX_STEP_ATTEMPTS, rolls back (the flight is in doubt:
-    cancelled by lookup)."""
+    its call is re-sent with the same key to learn its tickets, which are then cancelled)."""
     healing = {"MAX_STEP_ATTEMPTS": "1", "STALE_AFTER_S": "6"}  # at most 2 starts
     st = make_stack("poison", **healing)
     worker = st.start_worker("w0")
@@ -172,7 +172,7 @@ def test_a_step_that_kills_its_worker_every_time_is_given_up(make_stack, record)
         kills=kills,
         outcome=str(bundle.status),
         reason=bundle.failure.reason if bundle.failure else None,
-        flights_cancelled_by_lookup=[str(leg) for leg in bundle.cancelled_legs],
+        flights_cancelled_after_resolving=[str(leg) for leg in bundle.cancelled_legs],
     )
 
     assert statuses[bundle_id] is Status.FAILED, str(report)

@@ -1,0 +1,67 @@
+"""The cancel door: `send_task("vip_bundle.cancel", kwargs={"vip_bundle_id", "reason"},
+queue="vip-bundles")`, and `cancel_bundle`, which the HTTP door and the CLI call too."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.utils.log import get_task_logger
+
+from adapters.store import BundleNotFound
+from process_manager import saga
+from process_manager.bundle import Bundle
+from process_manager.messages import CancelVipBundle, Event, InvalidRequest, parse_cancel
+from tasks.celery_app import app, store
+from tasks.saga import take_up
+
+log = get_task_logger(__name__)
+
+
+class CancelRefused(Exception):
+    """The bundle cannot be cancelled (it already failed). `str()` says why."""
+
+
+def cancel_bundle(vip_bundle_id: str, reason: str, who: str | None = None) -> Bundle:
+    """Record a cancel request and start undoing; the bundle as stored after it.
+
+    Raises `BundleNotFound`, or `CancelRefused` for a `failed` bundle. A bundle already
+    `cancelling` or `cancelled` is returned as it is (cancelling is idempotent).
+    """
+    refused: list[saga.CancelRefused] = []
+
+    def decide(bundle: Bundle) -> Event | None:
+        refused.clear()
+        outcome = saga.cancel(bundle, reason, who)
+        if isinstance(outcome, saga.CancelRefused):
+            refused.append(outcome)
+            return None
+        return outcome
+
+    applied = store().apply(vip_bundle_id, decide)
+    if refused:
+        raise CancelRefused(refused[0].reason)
+    if applied.event is None:
+        return applied.bundle
+    log.info("bundle %s: cancel requested (%s)", vip_bundle_id, reason)
+    # Read again: only counters read after the cancel was stored are final (a forward step may
+    # have started between our read and our write), and they decide which steps are in doubt.
+    return take_up(store().require(vip_bundle_id))
+
+
+def answer(bundle: Bundle) -> dict[str, str]:
+    """What the cancel doors answer (shared/intake-api.md)."""
+    return {"vip_bundle_id": bundle.vip_bundle_id, "status": bundle.status.value}
+
+
+@app.task(name="vip_bundle.cancel", throws=(InvalidRequest, BundleNotFound, CancelRefused))
+def cancel(*args: Any, **request: Any) -> dict[str, str]:
+    """Validate and record a cancel request. Returns `{"vip_bundle_id", "status"}`."""
+    try:
+        if args:
+            raise InvalidRequest("request: send the fields as keyword arguments (kwargs=...)")
+        parsed = parse_cancel(CancelVipBundle, request)
+        bundle = cancel_bundle(parsed.vip_bundle_id, parsed.reason, who="celery")
+    except (InvalidRequest, BundleNotFound, CancelRefused) as exc:
+        log.warning("vip_bundle.cancel refused: %s", exc)
+        raise
+    return answer(bundle)
