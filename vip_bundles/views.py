@@ -466,15 +466,20 @@ MOVES_WINDOW_MIN = 15
 
 
 def console_row(bundle: Bundle) -> dict[str, Any]:
-    """One bundle in a console list: where it is, since when, and what went wrong last."""
-    failure = bundle.failure
+    """One bundle in a console list: where it is, since when, and why (a cancellation's reason,
+    else the failure), and what went wrong last."""
+    failure, cancellation = bundle.failure, bundle.cancellation
+    if cancellation is not None:
+        why = f"cancelled: {cancellation.reason}"
+    else:
+        why = f"{failure.step}: {failure.reason}" if failure else ""
     return {
         "vip_bundle_id": bundle.vip_bundle_id,
         "status": bundle.status.value,
         "customer_email": bundle.customer_email,
         "updated_at": _when(bundle.updated_at),
         "last_error": bundle.last_error or "",
-        "failure": f"{failure.step}: {failure.reason}" if failure else "",
+        "failure": why,
         "compensation_failures": bundle.compensation_failures,
     }
 

@@ -96,20 +96,24 @@ def browser() -> str:
 
 @pytest.fixture(scope="module")
 def fleet(api: httpx.Client, worker: local_stack.Worker, simulator) -> dict[str, str]:
-    """Bundles in several states: finalized, failed (sold out), parked."""
+    """Bundles in several states: finalized, failed (sold out), cancelled, parked."""
     sim = simulator.client()
     try:
-        finalized = [book(api, request()) for _ in range(2)]
+        finalized = [book(api, request()) for _ in range(3)]
         sold_out = request()
         sim.set_flight_seats(sold_out["return_flight_id"], 0)
         failed = book(api, sold_out)
         for bundle_id in [*finalized, failed]:
             settle(api, bundle_id)
+        cancelled = finalized.pop()
+        reason = {"reason": "the customer changed plans"}
+        assert api.post(f"/vip-bundles/{cancelled}/cancel", json=reason).status_code == 202
+        settle(api, cancelled, until=("cancelled",))
         stuck = parked(api, sim)["vip_bundle_id"]
     finally:
         sim.clear_faults()
         sim.close()
-    return {"finalized": finalized[0], "failed": failed, "parked": stuck}
+    return {"finalized": finalized[0], "failed": failed, "cancelled": cancelled, "parked": stuck}
 
 
 def test_the_console_shows_the_fleet_as_metrics_count_it_and_refreshes_itself(
