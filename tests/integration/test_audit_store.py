@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
-from collections.abc import Iterator
 
 import pytest
-from redis import Redis
 
 from adapters.store import BundleStore
 from process_manager import saga
@@ -17,15 +14,6 @@ from process_manager.audit import PartnerRecords, findings
 from process_manager.bundle import Bundle, Status
 from process_manager.messages import Leg
 from tests.factories import fresh_bundle
-
-
-@pytest.fixture
-def store(redis_url: str) -> Iterator[BundleStore]:
-    prefix = f"vip-bundles-audit-test-{uuid.uuid4().hex[:8]}:"
-    client = Redis.from_url(redis_url)
-    yield BundleStore(client, prefix=prefix)
-    for key in client.scan_iter(match=f"{prefix}*"):
-        client.delete(key)
 
 
 def finalized(store: BundleStore) -> Bundle:

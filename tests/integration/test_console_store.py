@@ -4,11 +4,8 @@ index. All written by the same Lua scripts as the bundle itself, against a real 
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Iterator
 
 import pytest
-from redis import Redis
 
 from adapters.store import BundleStore
 from process_manager import saga
@@ -16,15 +13,6 @@ from process_manager.audit import Finding, Kind
 from process_manager.bundle import Bundle, Status
 from process_manager.messages import Event, Leg
 from tests.factories import fresh_bundle
-
-
-@pytest.fixture
-def store(redis_url: str) -> Iterator[BundleStore]:
-    prefix = f"vip-bundles-console-test-{uuid.uuid4().hex[:8]}:"
-    client = Redis.from_url(redis_url)
-    yield BundleStore(client, prefix=prefix)
-    for key in client.scan_iter(match=f"{prefix}*"):
-        client.delete(key)
 
 
 def create(store: BundleStore, correlation_id: str | None = None, **changes: str) -> Bundle:

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from redis import Redis
 
 from adapters import metrics
 from adapters.metrics import Meter, RedisCollector
@@ -20,15 +18,6 @@ from partner_simulator.server import SimulatorClient
 from process_manager import saga
 from process_manager.bundle import Status
 from tests.factories import fresh_bundle
-
-
-@pytest.fixture
-def store(redis_url: str) -> Iterator[BundleStore]:
-    prefix = f"vip-bundles-metrics-test-{uuid.uuid4().hex[:8]}:"
-    client = Redis.from_url(redis_url)
-    yield BundleStore(client, prefix=prefix)
-    for key in client.scan_iter(match=f"{prefix}*"):
-        client.delete(key)
 
 
 def meter_for(store: BundleStore) -> Meter:

@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from redis import Redis
 
 from adapters.store import BundleNotFound, BundleStore
 from process_manager import saga
 from process_manager.bundle import Bundle, Status
 from process_manager.messages import BookFlight, BookShowTickets, Command, Leg, RefundTicket, Step
 from tests.factories import fresh_bundle
-
-
-@pytest.fixture
-def store(redis_url: str) -> Iterator[BundleStore]:
-    prefix = f"vip-bundles-store-test-{uuid.uuid4().hex[:8]}:"
-    client = Redis.from_url(redis_url)
-    yield BundleStore(client, prefix=prefix)
-    for key in client.scan_iter(match=f"{prefix}*"):
-        client.delete(key)
 
 
 def created(store: BundleStore) -> Bundle:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 
-from partner_simulator.server import SimulatorClient, SimulatorServer
+from partner_simulator.server import SimulatorClient
 
 SHOWS = "/dead-nation-api/ticket/booking"
 FLIGHTS = "/transportation-api/flight-tickets"
@@ -27,25 +25,6 @@ TICKET_FIELDS = {
 }
 REFUND_FIELDS = {"payment_reference", "reason", "deduplication_id"}
 RECEIPT_FIELDS = {"ticket_id", "voided", "void_reason"}
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[SimulatorServer]:
-    with SimulatorServer() as running:
-        yield running
-
-
-@pytest.fixture
-def sim(server: SimulatorServer) -> Iterator[SimulatorClient]:
-    with server.client() as client:
-        client.reset()
-        yield client
-
-
-@pytest.fixture
-def http(server: SimulatorServer, sim: SimulatorClient) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=10.0) as client:
-        yield client
 
 
 def put(http: httpx.Client, path: str, body: dict[str, Any], key: str) -> httpx.Response:

@@ -6,7 +6,6 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -20,25 +19,6 @@ FLIGHTS = "/transportation-api/flight-tickets"
 REFUNDS = "/payments-api/refunds"
 VOID = "/receipts-api/void-receipt"
 RECEIPTS = "/receipts-api/receipts"
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[SimulatorServer]:
-    with SimulatorServer() as running:
-        yield running
-
-
-@pytest.fixture
-def sim(server: SimulatorServer) -> Iterator[SimulatorClient]:
-    with server.client() as client:
-        client.reset()
-        yield client
-
-
-@pytest.fixture
-def http(server: SimulatorServer, sim: SimulatorClient) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=10.0) as client:
-        yield client
 
 
 def new_id() -> str:
