@@ -52,6 +52,7 @@ class Counts:
     double_refunds: int = 0  # payment references refunded more than once
     seats_below_zero: int = 0
     events_lost: int = 0  # history events missing from the stream (or on it twice)
+    audit_findings: int = 0  # what `vip-bundles audit` finds against the partners' books
 
 
 @dataclass

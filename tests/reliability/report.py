@@ -31,6 +31,7 @@ COLUMNS = [
     ("double_refunds", "double refunds"),
     ("seats_below_zero", "seats < 0"),
     ("events_lost", "events lost"),
+    ("audit_findings", "audit findings"),
 ]
 ORDER = [
     "1-kill-redelivery",
@@ -44,6 +45,7 @@ ORDER = [
     "6-seats",
     "7-bad-celery",
     "7-bad-http",
+    "7-bad-http-headers",
     "7-garbage-celery",
     "7-garbage-hardened",
     "8-cancel-race",
@@ -71,7 +73,9 @@ holds (each bundle, its status index, the events stream):
 - no effect twice for one idempotency key and no key reused for another request
   (*dup. effects*), no ticket refunded twice, seats never below zero (and where a test set the
   capacity, seats left = capacity - tickets held);
-- every event in a bundle's history is on the stream once, in order (else *events lost*).
+- every event in a bundle's history is on the stream once, in order (else *events lost*);
+- `vip-bundles audit`, the product's own comparison with the partners' books (their GET lists
+  of flight tickets, refunds and receipts), finds nothing (else *audit findings*).
 
 Each scenario has its own Redis database (queues, results, bundles, events) and its own simulator
 process, so the counts are that scenario's alone. Tests never assert timings.

@@ -10,8 +10,10 @@ this scenario's traffic only.
 from __future__ import annotations
 
 import ast
+import json
 import re
 import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -189,9 +191,31 @@ class Stack:
         return self.store.require(bundle_id)
 
     def check(self, allow_parked: bool = False) -> invariants.Report:
-        return invariants.check(
+        """Every invariant, then the product's own audit against the partners' books: each
+        scenario must leave `vip-bundles audit` clean."""
+        report = invariants.check(
             self.store, self.sim, self.submitted, self.capacity, allow_parked=allow_parked
         )
+        for finding in self.audit():
+            report.counts.audit_findings += 1
+            report.violations.append(
+                f"{finding['vip_bundle_id']}: audit {finding['kind']}: {finding['description']}"
+            )
+        return report
+
+    def audit(self) -> list[dict[str, Any]]:
+        """`vip-bundles audit --json`, run as an operator runs it, on this scenario's stack."""
+        done = subprocess.run(
+            [sys.executable, "-m", "vip_bundles", "audit", "--json"],
+            env=self.env(),
+            cwd=local_stack.ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if done.returncode not in (0, 1):
+            raise AssertionError(f"vip-bundles audit failed ({done.returncode}): {done.stderr}")
+        return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
     def faults_left(self) -> int:
         """Fault rules not yet spent (a held call has taken its rule)."""
