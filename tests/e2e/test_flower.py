@@ -37,6 +37,7 @@ def flower(worker_env: dict[str, str], worker: local_stack.Worker) -> Iterator[s
         env=worker_env,
         cwd=local_stack.ROOT,
         start_new_session=True,
+        preexec_fn=local_stack.die_with_parent,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -45,6 +45,7 @@ def start_door(logdir: Path, env: dict[str, str]) -> Door:
             stdout=out,
             stderr=subprocess.STDOUT,
             text=True,
+            preexec_fn=local_stack.die_with_parent,
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
