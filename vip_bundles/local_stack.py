@@ -133,8 +133,11 @@ class ClaimedDatabase:
     client: redis.Redis = field(repr=False)
 
     def release(self) -> None:
+        """Empty it, leaving only the owner mark: whatever a straggling client of the run
+        writes there later is recognised as ours and cleared by the next claim."""
         with contextlib.suppress(redis.RedisError):
             self.client.flushdb()
+            self.client.set(CLAIM_OWNER, "released")
             self.client.close()
 
 
@@ -144,27 +147,20 @@ def claim_database(server_url: str, lease_s: int = 6 * 3600) -> ClaimedDatabase:
     Runs are told apart by database number, as installations sharing a Redis are (the intake
     contract): a run's broker queues, results and bundles then need no key prefix that a real
     caller would not have. Database 0 (the default REDIS_URL) is never taken; a database with
-    anyone else's data in it is skipped; one left by a crashed run (owner mark, lease expired)
-    is cleared and reused.
+    anyone else's data in it is skipped; one left by a crashed run (its owner mark there, and
+    the run's process gone or its lease expired) is cleared and reused. The processes a run
+    starts die with it (`die_with_parent`), so none is left to consume a database reused.
     """
     base = redis.Redis.from_url(server_url)
     try:
         count = int(base.config_get("databases").get("databases", 16))
     except redis.ResponseError:  # CONFIG disabled (a managed Redis): assume the default
         count = 16
-    try:
-        # A database someone is connected to is in use, claimed or not (a worker left running
-        # by a crashed run would eat the messages of the next run that took it).
-        busy = {int(c.get("db", 0)) for c in base.client_list()}
-    except redis.ResponseError:
-        busy = set()
     finally:
         base.close()
     host = socket.gethostname()
     token = f"{host}:{os.getpid()}:{time.time()}"
     for db in range(1, count):
-        if db in busy:
-            continue
         client = redis.Redis.from_url(server_url, db=db)
         if client.exists(CLAIM_OWNER) and not _claim_alive(client.get(CLAIM_LEASE), host):
             client.flushdb()  # a crashed run's leftovers
