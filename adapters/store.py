@@ -23,38 +23,43 @@ _TRANSITION = """
 -- KEYS: bundle hash, old status index, new status index, events stream,
 --       event counters (hash), this minute's moves (hash), in-flight index,
 --       [on creation only: booking-id index (hash), email index, correlation index]
--- ARGV: expected version, new version, doc, new status, score, bundle id,
---       event name, event json ('' = not published), stream maxlen,
---       move ('from>to', '' on creation), moves ttl, created score, in flight ('1' or ''),
---       undo round (for `start`), [on creation only: booking id]
+-- ARGV: expected version, new version, doc, new status, score, bundle id, stream maxlen,
+--       moves ttl, created score, in flight ('1' or ''), undo round (for `start`),
+--       booking id ('' but on creation),
+--       then for each event applied, in order: name, json ('' = not published),
+--       move ('from>to', '' on creation)
 local current = redis.call('HGET', KEYS[1], 'version')
 if current == false then current = '0' end
 if current ~= ARGV[1] then return current end
 redis.call('HSET', KEYS[1], 'version', ARGV[2], 'status', ARGV[4], 'doc', ARGV[3],
-           'round', ARGV[14])
+           'round', ARGV[11])
 if KEYS[2] ~= KEYS[3] then redis.call('ZREM', KEYS[2], ARGV[6]) end
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
-if ARGV[8] ~= '' then
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*',
-             'event_name', ARGV[7], 'vip_bundle_id', ARGV[6], 'data', ARGV[8])
+local moved = false
+for i = 13, #ARGV, 3 do
+  if ARGV[i + 1] ~= '' then
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*',
+               'event_name', ARGV[i], 'vip_bundle_id', ARGV[6], 'data', ARGV[i + 1])
+  end
+  -- Counters for /metrics and the dashboard, paid inside this round trip.
+  redis.call('HINCRBY', KEYS[5], ARGV[i], 1)
+  if ARGV[i + 2] ~= '' then
+    redis.call('HINCRBY', KEYS[6], ARGV[i + 2], 1)
+    moved = true
+  end
 end
--- Counters for /metrics and the dashboard, paid inside this round trip.
-if ARGV[7] ~= '' then redis.call('HINCRBY', KEYS[5], ARGV[7], 1) end
-if ARGV[10] ~= '' then
-  redis.call('HINCRBY', KEYS[6], ARGV[10], 1)
-  redis.call('EXPIRE', KEYS[6], ARGV[11])
-end
+if moved then redis.call('EXPIRE', KEYS[6], ARGV[8]) end
 -- Unsettled bundles by creation time (the oldest one's age is a gauge); parked ones are out.
-if ARGV[13] == '1' then
-  redis.call('ZADD', KEYS[7], 'NX', ARGV[12], ARGV[6])
+if ARGV[10] == '1' then
+  redis.call('ZADD', KEYS[7], 'NX', ARGV[9], ARGV[6])
 else
   redis.call('ZREM', KEYS[7], ARGV[6])
 end
 -- Search indexes: these fields never change after creation, so they are written once, here.
 if #KEYS > 7 then
-  redis.call('HSET', KEYS[8], ARGV[15], ARGV[6])
-  redis.call('ZADD', KEYS[9], ARGV[12], ARGV[6])
-  redis.call('ZADD', KEYS[10], ARGV[12], ARGV[6])
+  redis.call('HSET', KEYS[8], ARGV[12], ARGV[6])
+  redis.call('ZADD', KEYS[9], ARGV[9], ARGV[6])
+  redis.call('ZADD', KEYS[10], ARGV[9], ARGV[6])
 end
 return 'ok'
 """
@@ -111,6 +116,7 @@ class Applied:
 
     bundle: Bundle
     event: Event | None
+    events: tuple[Event, ...] = ()  # every event written (`event` and what `then` added)
 
 
 class BundleStore:
@@ -275,22 +281,29 @@ class BundleStore:
         """Store a new bundle with its first event; (stored bundle, False) if the id exists."""
         first = bundle.model_copy(update={"version": 0, "history": []})
         stored = saga.apply_initial(first, event)
-        if self._write(None, stored, event):
+        if self._write(None, stored, [(None, event)]):
             return stored, True
         return self.require(bundle.vip_bundle_id), False
 
     def save(self, old: Bundle, new: Bundle, event: Event | None) -> bool:
         """Compare-and-set: store `new` only if the bundle is still at `old.version`."""
-        return self._write(old, new, event)
+        return self._write(old, new, [(old.status, event)] if event is not None else [])
 
     def apply(
-        self, bundle_id: str, decide: Decide, attempts: int = 20, current: Bundle | None = None
+        self,
+        bundle_id: str,
+        decide: Decide,
+        attempts: int = 20,
+        current: Bundle | None = None,
+        then: Decide | None = None,
     ) -> Applied:
         """Read the bundle, ask `decide` for an event, apply and store it atomically.
 
         `decide` returning None, or an event the bundle refuses (a duplicate or late message),
         changes nothing. A concurrent change makes us re-read and decide again. `current`, a
         copy the caller just read, saves the first read (the version check keeps it safe).
+        `then`, asked about the bundle after that event, may add one more event to the same
+        write (the return flight booked, then finalized: one round trip, not two).
         """
         for _ in range(attempts):
             bundle = current or self.require(bundle_id)
@@ -302,12 +315,24 @@ class BundleStore:
                 new = saga.apply(bundle, event)
             except saga.IllegalTransition:
                 return Applied(bundle, None)
-            if self.save(bundle, new, event):
-                return Applied(new, event)
+            steps: list[tuple[Status | None, Event]] = [(bundle.status, event)]
+            if then is not None and (follow := then(new)) is not None:
+                try:
+                    after = saga.apply(new, follow)
+                except saga.IllegalTransition:
+                    after = None  # not due after all: the first event alone is written
+                if after is not None:
+                    steps.append((new.status, follow))
+                    new = after
+            if self._write(bundle, new, steps):
+                return Applied(new, event, tuple(e for _, e in steps))
         raise RuntimeError(f"bundle {bundle_id}: too much contention, gave up after {attempts}")
 
-    def _write(self, old: Bundle | None, new: Bundle, event: Event | None) -> bool:
-        message = event.to_message() if event is not None and event.published else None
+    def _write(
+        self, old: Bundle | None, new: Bundle, steps: list[tuple[Status | None, Event]]
+    ) -> bool:
+        """One transition script: `new` replaces `old` (None: creation) if still at its
+        version; `steps` are the events applied on the way, each with the status it left."""
         updated = new.updated_at.timestamp()
         keys = [
             self._bundle_key(new.vip_bundle_id),
@@ -325,22 +350,27 @@ class BundleStore:
             str(new.status),
             _score(new),
             new.vip_bundle_id,
-            event.name() if event else "",
-            _json(message) if message else "",
             self.stream_maxlen,
-            f"{old.status}>{new.status}" if old else "",
             MOVES_TTL_S,
             new.created_at.timestamp(),
             "1" if new.status in IN_FLIGHT else "",
             new.compensation_failures,  # the undo round, for `start`
+            new.booking_id if old is None else "",
         ]
+        targets = [entry.to_status for entry in new.history[-len(steps) :]] if steps else []
+        for (source, event), target in zip(steps, targets, strict=True):
+            message = event.to_message() if event.published else None
+            args += [
+                event.name(),
+                _json(message) if message else "",
+                f"{source}>{target}" if source is not None else "",
+            ]
         if old is None:
             keys += [
                 self._booking_index(),
                 self._email_index(new.customer_email),
                 self._correlation_index(new.correlation_id),
             ]
-            args.append(new.booking_id)
         result = self._transition(keys=keys, args=args)
         return result in (b"ok", "ok")
 

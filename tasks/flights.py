@@ -6,7 +6,7 @@ from adapters.partners import BusinessRefusal
 from process_manager import saga
 from process_manager.messages import BookFlight, Leg
 from tasks.celery_app import app, partners
-from tasks.steps import due, finalize, flight_booking, record
+from tasks.steps import due, finalizing, flight_booking, record
 
 
 @app.task(name="vip_bundle.book_flight", ignore_result=True, throws=(BusinessRefusal,))
@@ -16,6 +16,6 @@ def book_flight(vip_bundle_id: str, leg: str) -> None:
     if (bundle := due(command)) is None:
         return
     ticket_ids = partners().book_flight(**flight_booking(bundle, command.leg))
-    applied = record(command, lambda b: saga.flight_booked(b, command.leg, ticket_ids), bundle)
-    if applied.event is not None and command.leg is Leg.RETURN:
-        finalize(applied.bundle)
+    # The return leg's transition also finalizes the bundle, in the same write.
+    then = finalizing if command.leg is Leg.RETURN else None
+    record(command, lambda b: saga.flight_booked(b, command.leg, ticket_ids), bundle, then)

@@ -54,7 +54,7 @@ def due(command: Command) -> Bundle | None:
     if starts > 2 * get_settings().max_step_attempts:
         _give_up(command, starts)
         return None
-    log.info("%s %s", name, command.model_dump(mode="json"))
+    log.info("%s %s", name, command.vip_bundle_id)  # which worker ran which bundle's step
     return bundle
 
 
@@ -104,18 +104,25 @@ def hand_over(applied: Applied) -> None:
         app.send_task(PROCESS_MANAGER, args=[event.to_message()])
 
 
-def record(command: Command, outcome: Callable[[Bundle], Event], read: Bundle) -> Applied:
+def record(
+    command: Command,
+    outcome: Callable[[Bundle], Event],
+    read: Bundle,
+    then: Callable[[Bundle], Event | None] | None = None,
+) -> Applied:
     """Apply the step's event atomically, unless someone else already did (or it moved on).
 
     `read` is the bundle as `due` read it: stored as the next version of it when nobody
     changed it meanwhile, else the bundle is read again and the step re-decided. A booking
     step that finds the bundle undoing (a cancel came while it was at the partner) is still
-    recorded, and its tickets are handed over to be undone.
+    recorded, and its tickets are handed over to be undone. `then` may add the next event to
+    the same write (see `finalizing`).
     """
     applied = store().apply(
         command.vip_bundle_id,
         lambda bundle: outcome(bundle) if saga.accepts_outcome(bundle, command) else None,
         current=read,
+        then=then,
     )
     if applied.event is None:
         log.info(
@@ -128,9 +135,16 @@ def record(command: Command, outcome: Callable[[Bundle], Event], read: Bundle) -
     return applied
 
 
+def finalizing(bundle: Bundle) -> Event | None:
+    """`VipBundleFinalized_v1` if the bundle is `return_booked` (else None). The return-flight
+    step writes it together with its own event: no Celery hop and no round trip of its own."""
+    command = FinalizeVipBundle(vip_bundle_id=bundle.vip_bundle_id)
+    return saga.finalized(bundle) if saga.is_pending(bundle, command) else None
+
+
 def finalize(bundle: Bundle) -> None:
-    """`return_booked` -> `finalized`. Run by the return-flight step itself (one Celery hop less
-    per bundle), and by the `vip_bundle.finalize` task for a bundle found `return_booked`."""
+    """`return_booked` -> `finalized`, for a bundle the reconciler finds `return_booked` (the
+    `vip_bundle.finalize` task)."""
     command = FinalizeVipBundle(vip_bundle_id=bundle.vip_bundle_id)
     if saga.is_pending(bundle, command):
         record(command, saga.finalized, bundle)

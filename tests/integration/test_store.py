@@ -82,6 +82,35 @@ def test_status_indexes_follow_transitions(store: BundleStore):
     assert store.stale(Status.FAILED, unchanged_for_s=-1) == [bundle.vip_bundle_id]
 
 
+def test_a_second_event_rides_in_the_same_write(store: BundleStore):
+    # The return flight booked and the bundle finalized: two events, one transition script.
+    bundle = created(store)
+    bid = bundle.vip_bundle_id
+    store.apply(bid, lambda b: saga.booking_made(b, ["t1"]))
+    store.apply(bid, lambda b: saga.flight_booked(b, Leg.INBOUND, ["i1"]))
+    before = store.require(bid).version
+    applied = store.apply(
+        bid, lambda b: saga.flight_booked(b, Leg.RETURN, ["r1"]), then=saga.finalized
+    )
+    assert [e.name() for e in applied.events] == ["FlightBooked_v1", "VipBundleFinalized_v1"]
+    stored = store.require(bid)
+    assert stored.status is Status.FINALIZED and stored.version == before + 2
+    assert [h.to_status for h in stored.history[-2:]] == [Status.RETURN_BOOKED, Status.FINALIZED]
+    assert stream_names(store, bid)[-2:] == ["FlightBooked_v1", "VipBundleFinalized_v1"]
+    assert store.count(Status.RETURN_BOOKED) == 0 and store.count(Status.FINALIZED) == 1
+    moves = store.recent_moves()
+    assert moves["inbound_booked>return_booked"] == 1 and moves["return_booked>finalized"] == 1
+
+
+def test_a_second_event_that_does_not_fit_is_left_out(store: BundleStore):
+    bundle = created(store)
+    applied = store.apply(
+        bundle.vip_bundle_id, lambda b: saga.booking_made(b, ["t1"]), then=saga.finalized
+    )
+    assert [e.name() for e in applied.events] == ["BookingMade_v1"]
+    assert store.require(bundle.vip_bundle_id).status is Status.BOOKING_MADE
+
+
 def test_history_only_events_are_not_streamed(store: BundleStore):
     bundle = created(store)
     store.apply(
