@@ -7,6 +7,7 @@ import time, so importing the tasks needs no Redis and no network.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
 from celery import Celery
@@ -64,10 +65,17 @@ def _send_metrics_to_redis(**_: object) -> None:
     METER.configure(lambda: (redis_client(), get_settings().key_prefix))
 
 
+@cache
+def io_pool() -> ThreadPoolExecutor:
+    """Threads for the independent partner calls of one undo (a refund and its receipt's void,
+    the tickets of one leg): side by side, an undo waits for its slowest call, not their sum."""
+    return ThreadPoolExecutor(max_workers=8, thread_name_prefix="vip-bundles-io")
+
+
 @worker_process_init.connect
 def _fresh_clients_after_fork(**_: object) -> None:
     # Sockets must not be shared with the parent process across a fork.
-    for getter in (redis_client, store, partners, compensation_partners):
+    for getter in (redis_client, store, partners, compensation_partners, io_pool):
         getter.cache_clear()
 
 

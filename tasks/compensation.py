@@ -23,7 +23,7 @@ from process_manager.messages import (
     ResolveBooking,
     Step,
 )
-from tasks.celery_app import app, compensation_partners, store
+from tasks.celery_app import app, compensation_partners, io_pool, store
 from tasks.steps import due, finish_rollback, flight_booking, log, record, show_booking
 
 T = TypeVar("T")
@@ -49,21 +49,29 @@ def refund_ticket(vip_bundle_id: str, ticket_id: str) -> str:
     p = compensation_partners()
 
     def undo() -> None:
-        p.refund(
+        # Independent calls, each idempotent by its own key: side by side. If one fails the
+        # bundle parks, and the next round sends both again with the same keys.
+        refunded = io_pool().submit(
+            p.refund,
             payment_reference=ticket_id,
             reason=REASON,
             deduplication_id=bundle.key(f"refund-{ticket_id}"),
             correlation_id=bundle.correlation_id,
         )
-        p.void_receipt(
+        voided = io_pool().submit(
+            p.void_receipt,
             ticket_id=ticket_id,
             reason=REASON,
             idempotent_id=bundle.key(f"void-{ticket_id}"),
             correlation_id=bundle.correlation_id,
         )
+        for call in (refunded, voided):
+            call.result()
 
     _or_park(command, undo)
-    finish_rollback(record(command, lambda b: saga.ticket_refunded(b, ticket_id), bundle).bundle)
+    # The last undo also ends the bundle (failed or cancelled), in the same write.
+    applied = record(command, lambda b: saga.ticket_refunded(b, ticket_id), bundle, saga.finish)
+    finish_rollback(applied.bundle)  # a no-op unless a rival recorded this undo first
     return "refunded"
 
 
@@ -78,15 +86,22 @@ def cancel_flight_tickets(vip_bundle_id: str, leg: str) -> str:
 
     def undo() -> list[str]:
         ticket_ids = bundle.flight_tickets[command.leg]
-        for ticket_id in ticket_ids:
-            p.cancel_flight_ticket(ticket_id, correlation_id=bundle.correlation_id)
+        cancel = p.cancel_flight_ticket
+        calls = [
+            io_pool().submit(cancel, t, correlation_id=bundle.correlation_id) for t in ticket_ids
+        ]
+        for call in calls:
+            call.result()
         return ticket_ids
 
     ticket_ids = _or_park(command, undo)
     applied = record(
-        command, lambda b: saga.flight_tickets_cancelled(b, command.leg, ticket_ids), bundle
+        command,
+        lambda b: saga.flight_tickets_cancelled(b, command.leg, ticket_ids),
+        bundle,
+        saga.finish,
     )
-    finish_rollback(applied.bundle)
+    finish_rollback(applied.bundle)  # a no-op unless a rival recorded this undo first
     return "cancelled"
 
 
