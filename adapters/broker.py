@@ -24,6 +24,7 @@ from typing import Any
 from celery.exceptions import InvalidTaskError
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.transport import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 log = logging.getLogger(__name__)
 # What building a request from a malformed message raises: never a connection error.
@@ -38,6 +39,13 @@ class Channel(redis.Channel):
         # kombu makes a new redis client for every publish, ack and event (~60 us each:
         # redis-py fills its table of ~200 response callbacks); one per pool does the same
         # work. A new pool (kombu replaces it after a disconnect) gets a new client.
+        if self._pool is None and self.connection.client is None:
+            # Closing after the broker went away, kombu restores the unacked messages through
+            # a new pool built from connection details it no longer has: an AttributeError,
+            # which stops the worker for good ("Unrecoverable error"). It is a lost
+            # connection: say so, kombu ignores it, and the messages come back after the
+            # visibility timeout while the worker reconnects.
+            raise RedisConnectionError("the broker connection is closed")
         if asynchronous:
             return super()._create_client(asynchronous=True)
         if self._sync_client_pool is not self.pool:
