@@ -35,7 +35,7 @@ test-latest:
 	$(PYTHON) -m venv --clear $(LATEST)
 	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]'
 	@echo "newest allowed releases that differ from requirements.lock:"
-	@$(LATEST)/bin/pip list --format=freeze --exclude-editable | tr 'A-Z_' 'a-z-' \
+	@$(LATEST)/bin/pip list --format=freeze --exclude-editable --exclude pip --exclude setuptools | tr 'A-Z_' 'a-z-' \
 		| grep -vxFf <(grep -oE '^[A-Za-z0-9_.-]+==[^ ]+' requirements.lock | tr 'A-Z_' 'a-z-') \
 		| sed 's/^/  /' || echo "  none"
 	$(LATEST)/bin/pytest -p no:cacheprovider
