@@ -7,6 +7,7 @@ Commands are orders (`BookFlight`); events are facts in the past tense, versione
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Self, TypeVar
@@ -79,19 +80,33 @@ def field_errors(exc: ValidationError) -> list[dict[str, str]]:
 
 def parse_request(data: Any) -> BookVipBundle:
     """Validate an incoming request or raise `InvalidRequest` naming every bad field."""
+    # pydantic checks cross-field rules only once every field is valid: name them anyway.
+    return validated(BookVipBundle, data, "vip bundle request", _cross_field_errors)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validated(
+    model: type[M],
+    data: Any,
+    what: str,
+    cross_field: Callable[[dict[str, Any]], list[dict[str, str]]] | None = None,
+) -> M:
+    """`data` as a `model`, or `InvalidRequest` naming every bad field (`what` the message is)."""
     if not isinstance(data, dict):
         raise InvalidRequest(
             "request: must be a JSON object", [{"field": "request", "message": "must be an object"}]
         )
     try:
-        return BookVipBundle.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         errors = field_errors(exc)
-    # pydantic checks cross-field rules only once every field is valid: name them anyway.
-    named = {e["field"].split(".")[0] for e in errors}
-    errors += [e for e in _cross_field_errors(data) if e["field"] not in named]
+    if cross_field is not None:
+        named = {e["field"].split(".")[0] for e in errors}
+        errors += [e for e in cross_field(data) if e["field"] not in named]
     summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-    raise InvalidRequest(f"invalid vip bundle request: {summary}", errors) from None
+    raise InvalidRequest(f"invalid {what}: {summary}", errors) from None
 
 
 def _cross_field_errors(data: dict[str, Any]) -> list[dict[str, str]]:
@@ -191,16 +206,7 @@ C = TypeVar("C", bound=CancelReason)
 
 def parse_cancel(model: type[C], data: Any) -> C:
     """Validate a cancel request or raise `InvalidRequest` naming every bad field."""
-    if not isinstance(data, dict):
-        raise InvalidRequest(
-            "request: must be a JSON object", [{"field": "request", "message": "must be an object"}]
-        )
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        errors = field_errors(exc)
-    summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-    raise InvalidRequest(f"invalid cancel request: {summary}", errors) from None
+    return validated(model, data, "cancel request")
 
 
 # --- events: what happened ---------------------------------------------------------------------
