@@ -23,8 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from partner_simulator.server import SimulatorClient
 from process_manager.bundle import Status
 from tests.e2e.api_server import api_server
+from tests.e2e.browser import chromium_binary, parse, run_chromium
 from tests.e2e.test_cli import vip_bundles
-from tests.e2e.test_timeline_page import parse, run_chromium
 from tests.helpers import Saga, request
 from vip_bundles import local_stack
 from vip_bundles.access import ApiKey
@@ -85,10 +85,7 @@ def gauge(api: httpx.Client) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def browser() -> str:
-    binary = shutil.which("chromium") or shutil.which("chromium-browser")
-    if binary is None:
-        pytest.skip("no chromium or chromium-browser on PATH (apt-get install -y chromium)")
-    return binary
+    return chromium_binary()
 
 
 # --- the console, in a browser --------------------------------------------------------------------
