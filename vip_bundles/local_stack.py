@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import redis
 from celery import Celery
 
@@ -335,6 +336,18 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def wait_for_http(url: str, timeout: float = 30) -> None:
+    """Wait until `url` answers 200 (a server just started: the HTTP door, Flower)."""
+
+    def answers() -> bool:
+        try:
+            return httpx.get(url, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    _wait(answers, timeout, url)
 
 
 def _wait(ready, timeout: float, what: str) -> None:

@@ -42,15 +42,7 @@ def flower(worker_env: dict[str, str], worker: local_stack.Worker) -> Iterator[s
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthcheck", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        raise TimeoutError("flower did not start")
+    local_stack.wait_for_http(f"{url}/healthcheck")
     # Workers send no task events until someone watches: Flower turns them on by itself
     # (enable_events, every 5 s). Probe with a harmless task until Flower lists one.
     deadline = time.monotonic() + 30

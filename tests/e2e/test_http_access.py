@@ -10,7 +10,6 @@ import base64
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,15 +47,12 @@ def start_door(logdir: Path, env: dict[str, str]) -> Door:
             preexec_fn=local_stack.die_with_parent,
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return Door(process, url, log)
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"vip-bundles api did not come up: {log.read_text()}")
+    try:
+        local_stack.wait_for_http(f"{url}/health")
+    except TimeoutError:
+        process.kill()
+        raise RuntimeError(f"vip-bundles api did not come up: {log.read_text()}") from None
+    return Door(process, url, log)
 
 
 @pytest.fixture(scope="module")
