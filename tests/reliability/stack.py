@@ -187,6 +187,15 @@ class Stack:
                 time.sleep(0.25)
         return last
 
+    def heal(self, timeout: float = 120) -> tuple[dict[str, Status | None], float]:
+        """The partners are back: clear the faults, start beat (the reconciler every second),
+        wait until every bundle is final. The last statuses, and how long healing took."""
+        self.sim.clear_faults()
+        back_at = time.monotonic()
+        self.start_beat(RECONCILE_EVERY_S="1")
+        statuses = self.wait(timeout=timeout)
+        return statuses, time.monotonic() - back_at
+
     def bundle(self, bundle_id: str) -> Bundle:
         return self.store.require(bundle_id)
 

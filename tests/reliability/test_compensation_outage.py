@@ -52,11 +52,7 @@ def test_parked_rollbacks_finish_once_payments_are_back(make_stack, record):
         time.sleep(1)
     retried_in_outage = sum(st.bundle(i).compensation_failures > first_round[i] for i in rolling)
 
-    st.sim.clear_faults()
-    back_at = time.monotonic()
-    st.start_beat(RECONCILE_EVERY_S="1")
-    statuses = st.wait(timeout=120)
-    healed_in_s = time.monotonic() - back_at
+    statuses, healed_in_s = st.heal()
     report = st.check()
     refund_503s = sum(1 for c in st.sim.calls("/payments-api") if c["status"] == 503)
     record(
