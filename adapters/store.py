@@ -174,7 +174,7 @@ class BundleStore:
     def list(self, status: Status, offset: int = 0, limit: int = 50) -> list[Bundle]:
         """Bundles in `status`, most recently changed first."""
         ids = self.redis.zrevrange(self.status_key(status), offset, offset + limit - 1)
-        return self._many(ids)
+        return self.many(ids)
 
     def count(self, status: Status) -> int:
         return int(self.redis.zcard(self.status_key(status)))
@@ -225,7 +225,7 @@ class BundleStore:
         found = [text] if exists else []
         found += [by_booking] if by_booking else []
         found += [*by_email, *by_correlation]
-        return self._many(list(dict.fromkeys(_text(i) for i in found)))
+        return self.many(list(dict.fromkeys(_text(i) for i in found)))
 
     def stale(self, status: Status, unchanged_for_s: float, limit: int = 500) -> list[str]:
         """Ids of bundles in `status` with no transition for `unchanged_for_s` seconds."""
@@ -261,19 +261,13 @@ class BundleStore:
             return merged
         return merged[-limit:] if newest else merged[:limit]
 
-    def many(self, ids: list[str]) -> list[Bundle]:
+    def many(self, ids: list[bytes | str]) -> list[Bundle]:
         """The bundles with these ids that exist, in one round trip."""
-        return self._many(list(ids))
-
-    def _many(self, ids: list[bytes | str]) -> list[Bundle]:
         if not ids:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for bundle_id in ids:
-            pipe.hget(
-                self._bundle_key(bundle_id.decode() if isinstance(bundle_id, bytes) else bundle_id),
-                "doc",
-            )
+            pipe.hget(self._bundle_key(_text(bundle_id)), "doc")
         return [Bundle.model_validate_json(doc) for doc in pipe.execute() if doc]
 
     # --- writes ---
