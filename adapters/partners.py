@@ -18,7 +18,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from adapters.metrics import METER, partner_of
+from adapters.metrics import METER, Meter, partner_of
 
 
 class PartnerError(Exception):
@@ -92,7 +92,9 @@ class Partners:
         attempts: int = 5,
         max_wait_s: float = 2.0,
         transport: httpx.BaseTransport | None = None,
+        meter: Meter = METER,
     ) -> None:
+        self.meter = meter  # where partner outcomes are counted (the process's own by default)
         self.http = httpx.Client(
             base_url=base_url,
             timeout=timeout_s,
@@ -281,15 +283,15 @@ class Partners:
                         if response.status_code >= 500:
                             raise _Transient(f"{method} {path}: {response.status_code}")
                     except (_Transient, httpx.TransportError):
-                        METER.partner_call(partner, "transient")  # one failed try
+                        self.meter.partner_call(partner, "transient")  # one failed try
                         raise
         except (_Transient, httpx.TransportError) as exc:
-            METER.partner_call(partner, "gave_up")
+            self.meter.partner_call(partner, "gave_up")
             raise PartnerUnavailable(
                 f"{method} {path}: failed {self.attempts} times, last: {exc!r}"
             ) from None
         status = response.status_code
-        METER.partner_call(partner, "ok" if status in ok else "refused")
+        self.meter.partner_call(partner, "ok" if status in ok else "refused")
         if status == 409 and on_409 is not None:
             raise on_409
         if status not in ok:

@@ -106,10 +106,8 @@ def test_a_forked_child_does_not_send_its_parents_counts_again(store: BundleStor
 def test_partner_outcomes_are_classified_in_the_one_send(
     store: BundleStore, simulator, sim: SimulatorClient
 ):
-    original = metrics.METER._sink  # None: only worker processes send metrics
-    metrics.METER.configure(lambda: (store.redis, store.prefix))
-    metrics.METER.flush()  # what this process counted before is not this test's
-    partners = Partners(simulator.url, timeout_s=2, attempts=3, max_wait_s=0.01)
+    meter = meter_for(store)  # its own: nothing else this process counts mixes in
+    partners = Partners(simulator.url, timeout_s=2, attempts=3, max_wait_s=0.01, meter=meter)
     try:
         bundle = fresh_bundle()
         sim.fault("/dead-nation-api", status=503, times=2)  # two failed tries, then ok
@@ -130,10 +128,9 @@ def test_partner_outcomes_are_classified_in_the_one_send(
         sim.fault("/payments-api", status=503, times=3)
         with pytest.raises(PartnerUnavailable):
             partners.refund(payment_reference="t", reason="r", deduplication_id="d")
-        metrics.METER.flush()
+        meter.flush()
     finally:
         partners.close()
-        metrics.METER.configure(original)
 
     calls = {
         (dict(k)["partner"], dict(k)["outcome"]): v
