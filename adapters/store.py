@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from redis import Redis
@@ -67,23 +67,31 @@ return 'ok'
 # Per-minute buckets of (from>to) moves live this long: the dashboard shows the last 15 minutes.
 MOVES_TTL_S = 3600
 MAX_SEARCH = 500  # matches fetched per indexed field
+SEEN_TTL_S = 7 * 24 * 3600  # how long a handled message id is remembered
 
 _START = """
 -- KEYS: bundle hash
--- ARGV: start counter field, '1' if counted per undo round, statuses the step may run in...
--- Only in one of those statuses: count the start, return the whole hash (doc and counters).
--- Else nothing is counted: {} for "not due", false for "no such bundle".
+-- ARGV: number of steps n, their n start counter fields, '1' if counted per undo round,
+--       statuses the steps may run in...
+-- Only in one of those statuses: count one start of each step, return the counter fields
+-- followed by the whole hash (doc and counters). Else nothing is counted: {} for "not due",
+-- false for "no such bundle".
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == false then return false end
-for i = 3, #ARGV do
+local n = tonumber(ARGV[1])
+for i = n + 3, #ARGV do
   if ARGV[i] == status then
-    local field = ARGV[1]
-    if ARGV[2] == '1' then
-      field = field .. ':round-' .. (redis.call('HGET', KEYS[1], 'round') or '0')
+    local suffix = ''
+    if ARGV[n + 2] == '1' then
+      suffix = ':round-' .. (redis.call('HGET', KEYS[1], 'round') or '0')
     end
-    redis.call('HINCRBY', KEYS[1], field, 1)
+    local fields = {}
+    for j = 2, n + 1 do
+      fields[#fields + 1] = ARGV[j] .. suffix
+      redis.call('HINCRBY', KEYS[1], ARGV[j] .. suffix, 1)
+    end
     local all = redis.call('HGETALL', KEYS[1])
-    table.insert(all, 1, field)
+    for j = #fields, 1, -1 do table.insert(all, 1, fields[j]) end
     return all
   end
 end
@@ -289,16 +297,19 @@ class BundleStore:
         decide: Decide,
         attempts: int = 20,
         current: Bundle | None = None,
-        then: Decide | None = None,
+        then: Decide | Sequence[Decide] = (),
     ) -> Applied:
         """Read the bundle, ask `decide` for an event, apply and store it atomically.
 
         `decide` returning None, or an event the bundle refuses (a duplicate or late message),
         changes nothing. A concurrent change makes us re-read and decide again. `current`, a
         copy the caller just read, saves the first read (the version check keeps it safe).
-        `then`, asked about the bundle after that event, may add one more event to the same
-        write (the return flight booked, then finalized: one round trip, not two).
+        `then`, asked in order about the bundle after the events so far, may add more events
+        to the same write (the return flight booked, then finalized; the other tickets of a
+        refund, then failed: one round trip, not several). Those it answers None or that do
+        not apply are left out.
         """
+        follow_ups = [then] if callable(then) else list(then)
         for _ in range(attempts):
             bundle = current or self.require(bundle_id)
             current = None
@@ -310,14 +321,15 @@ class BundleStore:
             except saga.IllegalTransition:
                 return Applied(bundle, None)
             steps: list[tuple[Status | None, Event]] = [(bundle.status, event)]
-            if then is not None and (follow := then(new)) is not None:
+            for ask in follow_ups:
+                if (follow := ask(new)) is None:
+                    continue
                 try:
                     after = saga.apply(new, follow)
                 except saga.IllegalTransition:
-                    after = None  # not due after all: the first event alone is written
-                if after is not None:
-                    steps.append((new.status, follow))
-                    new = after
+                    continue  # not due after all: left out of this write
+                steps.append((new.status, follow))
+                new = after
             if self._write(bundle, new, steps):
                 return Applied(new, event, tuple(e for _, e in steps))
         raise RuntimeError(f"bundle {bundle_id}: too much contention, gave up after {attempts}")
@@ -388,16 +400,24 @@ class BundleStore:
         (`per_round`) starts afresh in each round of a parked bundle taken up again.
         `BundleNotFound` for an unknown bundle.
         """
-        args = [f"{STARTS}{step}", "1" if per_round else "0", *runs_in]
-        reply = self._start(keys=[self._bundle_key(bundle_id)], args=args)
+        started = self.start_all(bundle_id, [step], runs_in, per_round)
+        return None if started is None else (started[0], started[1][0])
+
+    def start_all(
+        self, bundle_id: str, steps: Sequence[str], runs_in: Iterable[str], per_round: bool = False
+    ) -> tuple[Bundle, list[int]] | None:
+        """`start` for several steps that one task runs together (a bundle's ticket refunds):
+        one round trip counts a start of each; their counts come back in order."""
+        args = [len(steps), *(f"{STARTS}{step}" for step in steps), "1" if per_round else "0"]
+        reply = self._start(keys=[self._bundle_key(bundle_id)], args=[*args, *runs_in])
         if reply is None:
             raise BundleNotFound(f"no vip bundle {bundle_id}")
         if not reply:
             return None
-        field, flat = _text(reply[0]), reply[1:]
+        fields, flat = [_text(f) for f in reply[: len(steps)]], reply[len(steps) :]
         bundle = _from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
         assert bundle is not None
-        return bundle, bundle.starts[field.removeprefix(STARTS)]
+        return bundle, [bundle.starts[field.removeprefix(STARTS)] for field in fields]
 
     def audit_cursor(self) -> float | None:
         """The settle time up to which the periodic audit has looked (None: never ran)."""
@@ -408,9 +428,20 @@ class BundleStore:
         """Move the cursor to `settled_until` unless it is further already; where it is now."""
         return float(self._advance(keys=[f"{self.prefix}audit:cursor"], args=[repr(settled_until)]))
 
-    def first_time(self, message_id: str, ttl_s: int = 7 * 24 * 3600) -> bool:
+    def first_time(self, message_id: str, ttl_s: int = SEEN_TTL_S) -> bool:
         """True the first time a message id is seen (duplicate-delivery guard)."""
-        return bool(self.redis.set(f"{self.prefix}seen:{message_id}", 1, nx=True, ex=ttl_s))
+        return bool(self.redis.set(self._seen_key(message_id), 1, nx=True, ex=ttl_s))
+
+    def first_time_get(self, message_id: str, bundle_id: str) -> tuple[bool, Bundle | None]:
+        """`first_time` and `get` in one round trip (the process manager's two reads)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self._seen_key(message_id), 1, nx=True, ex=SEEN_TTL_S)
+        pipe.hgetall(self._bundle_key(bundle_id))
+        first, fields = pipe.execute()
+        return bool(first), _from_hash(fields)
+
+    def _seen_key(self, message_id: str) -> str:
+        return f"{self.prefix}seen:{message_id}"
 
 
 def _text(value: bytes | str) -> str:

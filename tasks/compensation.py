@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from adapters.partners import BusinessRefusal, PartnerError
+from adapters.store import Decide
 from process_manager import saga
 from process_manager.bundle import Bundle
 from process_manager.messages import (
@@ -24,7 +25,7 @@ from process_manager.messages import (
     Step,
 )
 from tasks.celery_app import app, compensation_partners, io_pool, store
-from tasks.steps import due, finish_rollback, flight_booking, log, record, show_booking
+from tasks.steps import due, due_all, finish_rollback, flight_booking, log, record, show_booking
 
 T = TypeVar("T")
 REASON = "VIP bundle rolled back"
@@ -40,39 +41,79 @@ def _or_park(command: Command, call: Callable[[], T]) -> T:
         raise
 
 
-@app.task(name="vip_bundle.compensation.refund_ticket", ignore_result=True)
-def refund_ticket(vip_bundle_id: str, ticket_id: str) -> str:
-    """Refund the ticket's payment, void its receipt, then emit `TicketRefunded_v1`."""
-    command = RefundTicket(vip_bundle_id=vip_bundle_id, ticket_id=ticket_id)
-    if (bundle := due(command)) is None:
+@app.task(name="vip_bundle.compensation.refund_tickets", ignore_result=True)
+def refund_tickets(vip_bundle_id: str, ticket_ids: list[str]) -> str:
+    """Refund show tickets of one bundle: for each, refund its payment and void its receipt,
+    then emit `TicketRefunded_v1` for each.
+
+    Every call runs side by side (each is idempotent by its own key), and one write records
+    them all: the process manager sends a bundle's refunds as one task, so a rollback's undos
+    take one round of the worker's pool, not one per ticket.
+    """
+    commands = [RefundTicket(vip_bundle_id=vip_bundle_id, ticket_id=t) for t in ticket_ids]
+    if (started := due_all(commands)) is None:
         return "skipped"
+    bundle, todo = started
     p = compensation_partners()
 
     def undo() -> None:
-        # Independent calls, each idempotent by its own key: side by side. If one fails the
-        # bundle parks, and the next round sends both again with the same keys.
-        refunded = io_pool().submit(
-            p.refund,
-            payment_reference=ticket_id,
-            reason=REASON,
-            deduplication_id=bundle.key(f"refund-{ticket_id}"),
-            correlation_id=bundle.correlation_id,
-        )
-        voided = io_pool().submit(
-            p.void_receipt,
-            ticket_id=ticket_id,
-            reason=REASON,
-            idempotent_id=bundle.key(f"void-{ticket_id}"),
-            correlation_id=bundle.correlation_id,
-        )
-        for call in (refunded, voided):
+        # If one call fails the bundle parks, and the next round sends them all again with
+        # the same keys (the partners answer a key they saw with its first answer).
+        calls = []
+        for ticket_id in (c.ticket_id for c in todo if isinstance(c, RefundTicket)):
+            calls.append(
+                io_pool().submit(
+                    p.refund,
+                    payment_reference=ticket_id,
+                    reason=REASON,
+                    deduplication_id=bundle.key(f"refund-{ticket_id}"),
+                    correlation_id=bundle.correlation_id,
+                )
+            )
+            calls.append(
+                io_pool().submit(
+                    p.void_receipt,
+                    ticket_id=ticket_id,
+                    reason=REASON,
+                    idempotent_id=bundle.key(f"void-{ticket_id}"),
+                    correlation_id=bundle.correlation_id,
+                )
+            )
+        for call in calls:
             call.result()
 
-    _or_park(command, undo)
+    _or_park(todo[0], undo)
+    refunded = [_refunded(c) for c in todo if isinstance(c, RefundTicket)]
     # The last undo also ends the bundle (failed or cancelled), in the same write.
-    applied = record(command, lambda b: saga.ticket_refunded(b, ticket_id), bundle, saga.finish)
-    finish_rollback(applied.bundle)  # a no-op unless a rival recorded this undo first
+    applied = store().apply(
+        vip_bundle_id, _first_of(refunded), current=bundle, then=[*refunded, saga.finish]
+    )
+    if applied.event is None:
+        log.info("RefundTicket: bundle %s had them recorded already", vip_bundle_id)
+    finish_rollback(applied.bundle)  # a no-op unless a rival recorded these refunds first
     return "refunded"
+
+
+@app.task(name="vip_bundle.compensation.refund_ticket", ignore_result=True)
+def refund_ticket(vip_bundle_id: str, ticket_id: str) -> str:
+    """One ticket's refund: `refund_tickets` for one (kept for messages already queued)."""
+    return refund_tickets(vip_bundle_id, [ticket_id])
+
+
+def _refunded(command: RefundTicket) -> Decide:
+    """`TicketRefunded_v1` for the command's ticket while its refund is still pending."""
+
+    def decide(bundle: Bundle) -> Event | None:
+        if saga.is_pending(bundle, command):
+            return saga.ticket_refunded(bundle, command.ticket_id)
+        return None
+
+    return decide
+
+
+def _first_of(decides: list[Decide]) -> Decide:
+    """The first event any of `decides` gives (None if none does)."""
+    return lambda bundle: next((e for d in decides if (e := d(bundle)) is not None), None)
 
 
 @app.task(name="vip_bundle.compensation.cancel_flight_tickets", ignore_result=True)

@@ -17,5 +17,5 @@ def book_flight(vip_bundle_id: str, leg: str) -> None:
         return
     ticket_ids = partners().book_flight(**flight_booking(bundle, command.leg))
     # The return leg's transition also finalizes the bundle, in the same write.
-    then = finalizing if command.leg is Leg.RETURN else None
+    then = [finalizing] if command.leg is Leg.RETURN else []
     record(command, lambda b: saga.flight_booked(b, command.leg, ticket_ids), bundle, then)

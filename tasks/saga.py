@@ -5,9 +5,10 @@ Forward:   book_show_tickets -> book_flight(inbound) -> book_flight(return, then
 Failure:   on_step_failed records BookingFailed_v1 / FlightBookingFailed_v1 (bundle ->
            rolling_back, event on the stream) and hands the event to the process manager.
 Rollback:  handle_event reads the bundle from Redis and sends a group, newest first:
-           [resolve steps in doubt, cancel return flight, cancel inbound flight, refund each
-           ticket]; the undo that leaves nothing pending marks the bundle failed (from the
-           stored state, not a chord counter, so a lost or repeated undo cannot leave it hanging).
+           [resolve steps in doubt, cancel return flight, cancel inbound flight, refund the
+           tickets (one task for all)]; the undo that leaves nothing pending marks the bundle
+           failed (from the stored state, not a chord counter, so a lost or repeated undo
+           cannot leave it hanging).
 Cancel:    tasks/cancel.py records the request (bundle -> cancelling; no forward step starts
            any more) and sends the same group; a step that was at the partner reports late, its
            tickets join the undos; the last undo marks the bundle cancelled.
@@ -40,7 +41,7 @@ from process_manager.messages import (
     parse_event,
 )
 from tasks.celery_app import app, store
-from tasks.compensation import cancel_flight_tickets, refund_ticket, resolve_booking
+from tasks.compensation import cancel_flight_tickets, refund_tickets, resolve_booking
 from tasks.flights import book_flight
 from tasks.shows import book_show_tickets
 from tasks.steps import due, finalize, finish_rollback, hand_over, log
@@ -58,7 +59,7 @@ def signature(command: Command) -> Signature:
         case FinalizeVipBundle():
             return finalize_bundle.si(bid)
         case RefundTicket(ticket_id=ticket_id):
-            return refund_ticket.si(bid, ticket_id)
+            return refund_tickets.si(bid, [ticket_id])
         case CancelFlightTickets(leg=leg):
             return cancel_flight_tickets.si(bid, leg.value)
         case ResolveBooking(step=step):
@@ -144,11 +145,13 @@ def handle_event(message: dict[str, Any]) -> None:
         return
     if not isinstance(event, saga.OUTCOMES):
         return
-    if not store().first_time(event.header.event_id):
+    first, bundle = store().first_time_get(event.header.event_id, event.vip_bundle_id)
+    if not first:
         log.info("process manager: %s seen before, skipped", event.header.event_id)
         return
-    bundle = store().require(event.vip_bundle_id)
-    if bundle.status in UNDOING:
+    if bundle is None:
+        log.error("process manager: %s names no stored bundle", event.header.event_id)
+    elif bundle.status in UNDOING:
         run_rollback(bundle)
 
 
@@ -157,11 +160,21 @@ def run_rollback(bundle: Bundle) -> None:
 
     `bundle` must have been read after it started undoing, so its step counters are final.
     """
-    undo = [signature(c) for c in saga.pending_compensations(bundle)]
+    undo = undo_signatures(saga.pending_compensations(bundle))
     if undo:
         group(undo).apply_async()
     else:
         finish_rollback(bundle)
+
+
+def undo_signatures(commands: list[Command]) -> list[Signature]:
+    """A task per undo, but one for all of a bundle's ticket refunds (their calls run side by
+    side in it): a rollback's undos then fit the worker's pool in one round, not two."""
+    refunds = [c.ticket_id for c in commands if isinstance(c, RefundTicket)]
+    undo = [signature(c) for c in commands if not isinstance(c, RefundTicket)]
+    if refunds:
+        undo.append(refund_tickets.si(commands[0].vip_bundle_id, refunds))
+    return undo
 
 
 # --- taking a bundle up again: the reconciler and the operator's resume --------------------------

@@ -7,7 +7,7 @@ overtaken by a rollback does nothing twice.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery.signals import task_postrun, task_prerun
@@ -15,7 +15,7 @@ from celery.utils.log import get_task_logger
 
 from adapters.metrics import METER
 from adapters.settings import get_settings
-from adapters.store import Applied
+from adapters.store import Applied, Decide
 from process_manager import saga
 from process_manager.bundle import UNDOING, Bundle, Status
 from process_manager.messages import (
@@ -40,22 +40,32 @@ def due(command: Command) -> Bundle | None:
     no forward step). Past `2 * MAX_STEP_ATTEMPTS` starts (the step's worker died every time:
     a failure that ends normally gives up at MAX_STEP_ATTEMPTS) the saga gives up on it.
     """
-    name = type(command).__name__
-    started = store().start(
-        command.vip_bundle_id,
-        saga.step_name(command),
-        saga.runs_in(command),
-        per_round=saga.counted_per_round(command),
+    started = due_all([command])
+    return None if started is None else started[0]
+
+
+def due_all(commands: Sequence[Command]) -> tuple[Bundle, list[Command]] | None:
+    """`due` for commands of one kind that one task runs together (a bundle's ticket refunds):
+    one round trip counts a start of each. The bundle and those still to be done, or None."""
+    first = commands[0]
+    name, bundle_id = type(first).__name__, first.vip_bundle_id
+    started = store().start_all(
+        bundle_id,
+        [saga.step_name(c) for c in commands],
+        saga.runs_in(first),
+        per_round=saga.counted_per_round(first),
     )
-    if started is None or not saga.is_pending(bundle := started[0], command):
-        log.info("%s: skipped, bundle %s is not due for it", name, command.vip_bundle_id)
+    todo = [] if started is None else [c for c in commands if saga.is_pending(started[0], c)]
+    if started is None or not todo:
+        log.info("%s: skipped, bundle %s is not due for it", name, bundle_id)
         return None
-    starts = started[1]
-    if starts > 2 * get_settings().max_step_attempts:
-        _give_up(command, starts)
+    bundle, starts = started
+    limit = 2 * get_settings().max_step_attempts
+    if worn := [(c, n) for c, n in zip(commands, starts, strict=True) if c in todo and n > limit]:
+        _give_up(*worn[0])  # an undo parks the whole bundle: once is enough
         return None
-    log.info("%s %s", name, command.vip_bundle_id)  # which worker ran which bundle's step
-    return bundle
+    log.info("%s %s", name, bundle_id)  # which worker ran which bundle's step
+    return bundle, todo
 
 
 def show_booking(bundle: Bundle) -> dict[str, Any]:
@@ -108,7 +118,7 @@ def record(
     command: Command,
     outcome: Callable[[Bundle], Event],
     read: Bundle,
-    then: Callable[[Bundle], Event | None] | None = None,
+    then: Decide | Sequence[Decide] = (),
 ) -> Applied:
     """Apply the step's event atomically, unless someone else already did (or it moved on).
 
@@ -169,6 +179,7 @@ _STEP_OF_TASK: dict[str, Callable[[tuple[Any, ...]], str]] = {
     "vip_bundle.book_flight": lambda args: f"book_{Leg(args[1])}_flight",
     "vip_bundle.finalize": lambda _: "finalize",
     "vip_bundle.compensation.refund_ticket": lambda _: "refund_ticket",
+    "vip_bundle.compensation.refund_tickets": lambda _: "refund_ticket",
     "vip_bundle.compensation.cancel_flight_tickets": lambda _: "cancel_flight_tickets",
     "vip_bundle.compensation.resolve_booking": lambda args: f"resolve_{Step(args[1])}",
 }

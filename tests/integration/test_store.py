@@ -173,3 +173,32 @@ def test_an_undo_is_counted_per_round(store: BundleStore):
     read, count = _start(store, bundle, refund)  # type: ignore[misc]
     assert count == 1  # a fresh budget in the new round
     assert read.starts[saga.start_key(read, refund)] == 1
+
+
+def test_several_undos_start_in_one_round_trip_each_counted(store: BundleStore):
+    bundle = created(store)
+    bid = bundle.vip_bundle_id
+    store.apply(bid, lambda b: saga.booking_made(b, ["t1", "t2"]))
+    store.apply(bid, lambda b: saga.flight_booking_failed(b, Leg.INBOUND, "409"))
+    refunds = [RefundTicket(vip_bundle_id=bid, ticket_id=t) for t in ("t1", "t2")]
+    names = [saga.step_name(c) for c in refunds]
+    started = store.start_all(bid, names, saga.runs_in(refunds[0]), per_round=True)
+    assert started is not None and started[1] == [1, 1]
+    read = started[0]
+    assert all(read.starts[saga.start_key(read, c)] == 1 for c in refunds)
+    again = store.start_all(bid, names[1:], saga.runs_in(refunds[0]), per_round=True)
+    assert again is not None and again[1] == [2]
+
+
+def test_one_write_records_every_follow_up_that_applies_in_order(store: BundleStore):
+    bundle = created(store)
+    bid = bundle.vip_bundle_id
+    store.apply(bid, lambda b: saga.booking_made(b, ["t1", "t2"]))
+    store.apply(bid, lambda b: saga.flight_booking_failed(b, Leg.INBOUND, "409"))
+    refunds = [lambda b, t=t: saga.ticket_refunded(b, t) for t in ("t1", "t2")]
+    refused = lambda b: saga.ticket_refunded(b, "t1")  # noqa: E731  # a duplicate: left out
+    applied = store.apply(bid, refunds[0], then=[refunds[1], refused, lambda b: None, saga.finish])
+    names = [e.name() for e in applied.events]
+    assert names == ["TicketRefunded_v1", "TicketRefunded_v1", "VipBundleFailed_v1"]
+    assert applied.bundle.status is Status.FAILED
+    assert stream_names(store, bid)[-3:] == names

@@ -45,11 +45,14 @@ def due_messages(bundle: Bundle) -> list[Message]:
     if bundle.status is not Status.ROLLING_BACK:
         return []
     undo: list[Message] = []
+    tickets: list[str] = []
     for command in saga.pending_compensations(bundle):
         if leg := getattr(command, "leg", None):
             undo.append(("vip_bundle.compensation.cancel_flight_tickets", [bid, str(leg)]))
         else:
-            undo.append(("vip_bundle.compensation.refund_ticket", [bid, command.ticket_id]))
+            tickets.append(command.ticket_id)
+    if tickets:  # the process manager sends a bundle's refunds as one task
+        undo.append(("vip_bundle.compensation.refund_tickets", [bid, tickets]))
     return [*undo, ("vip_bundle.compensation.complete_rollback", [bid])]
 
 
@@ -60,6 +63,7 @@ def every_message(bundle: Bundle) -> list[Message]:
         ("vip_bundle.book_show_tickets", [bid]),
         *[("vip_bundle.book_flight", [bid, str(leg)]) for leg in Leg],
         ("vip_bundle.finalize", [bid]),
+        ("vip_bundle.compensation.refund_tickets", [bid, bundle.ticket_ids]),
         *[("vip_bundle.compensation.refund_ticket", [bid, t]) for t in bundle.ticket_ids],
         *[("vip_bundle.compensation.cancel_flight_tickets", [bid, str(leg)]) for leg in Leg],
         ("vip_bundle.compensation.complete_rollback", [bid]),
