@@ -4,13 +4,13 @@ Forward:   book_show_tickets -> book_flight(inbound) -> book_flight(return, then
            one flat chain, `on_step_failed` linked as error callback on every task of it.
 Failure:   on_step_failed records BookingFailed_v1 / FlightBookingFailed_v1 (bundle ->
            rolling_back, event on the stream) and hands the event to the process manager.
-Rollback:  handle_event reads the bundle from Redis and sends a group, newest first:
-           [resolve steps in doubt, cancel return flight, cancel inbound flight, refund the
-           tickets (one task for all)]; the undo that leaves nothing pending marks the bundle
+Rollback:  handle_event reads the bundle from Redis and sends the undos at once:
+           [refund the tickets (one task for all), resolve steps in doubt, cancel return
+           flight, cancel inbound flight]; the undo that leaves nothing pending marks the bundle
            failed (from the stored state, not a chord counter, so a lost or repeated undo
            cannot leave it hanging).
 Cancel:    tasks/cancel.py records the request (bundle -> cancelling; no forward step starts
-           any more) and sends the same group; a step that was at the partner reports late, its
+           any more) and sends the same undos; a step that was at the partner reports late, its
            tickets join the undos; the last undo marks the bundle cancelled.
 The reconciler (tasks/reconcile.py) restarts any of these from the stored state when a
 message or callback was lost, so no bundle depends on a callback alone.
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import chain, group
+from celery import chain
 from celery.canvas import Signature
 
 from adapters.partners import NoFlightTicketsAvailable, ShowSoldOut
@@ -161,19 +161,25 @@ def run_rollback(bundle: Bundle) -> None:
     `bundle` must have been read after it started undoing, so its step counters are final.
     """
     undo = undo_signatures(saga.pending_compensations(bundle))
-    if undo:
-        group(undo).apply_async()
-    else:
+    # Independent messages, not a group: nobody waits on their results, and the first one
+    # leaves at once instead of after the group's preparation.
+    for task in undo:
+        task.apply_async()
+    if not undo:
         finish_rollback(bundle)
 
 
 def undo_signatures(commands: list[Command]) -> list[Signature]:
     """A task per undo, but one for all of a bundle's ticket refunds (their calls run side by
-    side in it): a rollback's undos then fit the worker's pool in one round, not two."""
+    side in it): a rollback's undos then fit the worker's pool in one round, not two.
+
+    The refunds (two calls a ticket, the longest undo) are sent first so they start first;
+    every undo runs at once and the last to finish ends the bundle, so order is only speed.
+    """
     refunds = [c.ticket_id for c in commands if isinstance(c, RefundTicket)]
     undo = [signature(c) for c in commands if not isinstance(c, RefundTicket)]
     if refunds:
-        undo.append(refund_tickets.si(commands[0].vip_bundle_id, refunds))
+        undo.insert(0, refund_tickets.si(commands[0].vip_bundle_id, refunds))
     return undo
 
 
