@@ -6,15 +6,18 @@ import time, so importing the tasks needs no Redis and no network.
 
 from __future__ import annotations
 
+import gc
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
 from celery import Celery
 from celery.signals import (
+    task_postrun,
     worker_init,
     worker_process_init,
     worker_process_shutdown,
+    worker_ready,
     worker_shutdown,
 )
 from redis import Redis
@@ -77,6 +80,37 @@ def _fresh_clients_after_fork(**_: object) -> None:
     # Sockets must not be shared with the parent process across a fork.
     for getter in (redis_client, store, partners, compensation_partners, io_pool):
         getter.cache_clear()
+    _freeze_long_lived_objects()
+
+
+@worker_ready.connect  # sent by `celery worker` only (not by in-process test workers)
+def _freeze_in_main_process(**_: object) -> None:
+    _freeze_long_lived_objects()
+
+
+@task_postrun.connect
+def _freeze_after_first_task(**_: object) -> None:
+    # The first task makes the process's clients and connection pools (and pydantic's lazily
+    # built validators): they live as long as the process too.
+    if _gc_frozen == 1:
+        _freeze_long_lived_objects()
+
+
+_gc_frozen = 0  # times this process froze (0: not a `celery worker` process)
+
+
+def _freeze_long_lived_objects() -> None:
+    """Move what start-up made (Celery, kombu, pydantic's schemas: ~70,000 objects that live as
+    long as the process) out of the cycle collector's reach. Otherwise each full collection
+    walks them all: pauses of 50-90 ms in the middle of a task, several a minute under load
+    (docs/performance.md, P16). Garbage is collected first, so none of it is kept for good."""
+    global _gc_frozen
+    _gc_frozen += 1
+    gc.collect()
+    gc.freeze()
+    # A full collection once every 1,000 young ones, not every 10: what tasks leave behind is
+    # still walked in full (3-6 ms a time), so not every second or two.
+    gc.set_threshold(700, 10, 1000)
 
 
 @worker_process_shutdown.connect

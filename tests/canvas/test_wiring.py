@@ -3,6 +3,7 @@ callback does with each kind of failure (celery-notes.md, "link_error")."""
 
 from __future__ import annotations
 
+import gc
 import time
 
 from celery import Celery
@@ -89,3 +90,11 @@ def test_a_technical_failure_is_noted_by_the_callback_not_rolled_back(
     # The step stays due (the reconciler sends it again); nothing is undone yet.
     assert bundle.status is Status.BOOKING_MADE and bundle.step_failures == 1
     sim.clear_faults()
+
+
+def test_an_in_process_worker_leaves_the_garbage_collector_alone(celery_worker):
+    # Only `celery worker` processes freeze their long-lived objects (tasks/celery_app.py): a
+    # process that merely runs tasks in-process (this test session) keeps its collector as is.
+    frozen, threshold = gc.get_freeze_count(), gc.get_threshold()
+    assert settle(start()).status is Status.FINALIZED
+    assert (gc.get_freeze_count(), gc.get_threshold()) == (frozen, threshold)
