@@ -55,3 +55,21 @@ def test_quick_benchmark_reports_every_section(tmp_path: Path):
     assert set(figures["ratios"]["targets"]) and "scale_large_over_small" in figures["ratios"]
     for heading in ("baseline chain", "saga success", "saga rollback", "PASS|MISS"):
         assert any(h in done.stdout for h in heading.split("|")), heading
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("what", ["throughput", "rollback"])
+def test_the_ab_comparison_runs(what: str):
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    if not local_stack.redis_answers(url):
+        pytest.skip(f"no Redis at {url}")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.ab", what, "--rounds", "1", "--flows", "4"],
+        cwd=local_stack.ROOT,
+        env=local_stack.celery_env(REDIS_URL=url),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"{what} at concurrency 2: median ratio" in done.stdout
