@@ -50,6 +50,11 @@ def refund_tickets(vip_bundle_id: str, ticket_ids: list[str]) -> str:
     them all: the process manager sends a bundle's refunds as one task, so a rollback's undos
     take one round of the worker's pool, not one per ticket.
     """
+    if not (
+        isinstance(ticket_ids, list) and ticket_ids and all(isinstance(t, str) for t in ticket_ids)
+    ):
+        log.error("refund_tickets for %s refused: ticket_ids must be a list of ids", vip_bundle_id)
+        return "refused"
     commands = [RefundTicket(vip_bundle_id=vip_bundle_id, ticket_id=t) for t in ticket_ids]
     if (started := due_all(commands)) is None:
         return "skipped"
@@ -60,7 +65,7 @@ def refund_tickets(vip_bundle_id: str, ticket_ids: list[str]) -> str:
         # If one call fails the bundle parks, and the next round sends them all again with
         # the same keys (the partners answer a key they saw with its first answer).
         calls = []
-        for ticket_id in (c.ticket_id for c in todo if isinstance(c, RefundTicket)):
+        for ticket_id in (c.ticket_id for c in todo):
             calls.append(
                 io_pool().submit(
                     p.refund,
@@ -83,7 +88,7 @@ def refund_tickets(vip_bundle_id: str, ticket_ids: list[str]) -> str:
             call.result()
 
     _or_park(todo[0], undo)
-    refunded = [_refunded(c) for c in todo if isinstance(c, RefundTicket)]
+    refunded = [_refunded(c) for c in todo]
     # The last undo also ends the bundle (failed or cancelled), in the same write.
     applied = store().apply(
         vip_bundle_id, _first_of(refunded), current=bundle, then=[*refunded, saga.finish]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from celery.signals import task_postrun, task_prerun
 from celery.utils.log import get_task_logger
@@ -44,7 +44,10 @@ def due(command: Command) -> Bundle | None:
     return None if started is None else started[0]
 
 
-def due_all(commands: Sequence[Command]) -> tuple[Bundle, list[Command]] | None:
+C = TypeVar("C", bound=Command)
+
+
+def due_all(commands: Sequence[C]) -> tuple[Bundle, list[C]] | None:
     """`due` for commands of one kind that one task runs together (a bundle's ticket refunds):
     one round trip counts a start of each. The bundle and those still to be done, or None."""
     first = commands[0]
