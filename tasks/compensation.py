@@ -1,4 +1,4 @@
-"""Undo steps: refund a show ticket, cancel a leg's flight tickets.
+"""Undo steps: refund show tickets, cancel a leg's flight tickets, resolve a booking in doubt.
 
 Each is idempotent twice over: the stored state says whether it is still due, and every
 partner call carries a key derived from the bundle and the ticket. An undo that still fails
