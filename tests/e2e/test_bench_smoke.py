@@ -27,22 +27,28 @@ SECTIONS = {
 }
 
 
-@pytest.mark.timeout(600)
-def test_quick_benchmark_reports_every_section(tmp_path: Path):
+def run_bench(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`python -m <args>` in its own process, as a user runs it (it claims its own database and
+    starts its own worker); skipped without a Redis."""
     url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     if not local_stack.redis_answers(url):
         pytest.skip(f"no Redis at {url}")
-    out = tmp_path / "bench.json"
-    # Its own process: the benchmark claims its own database and starts its own worker.
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--concurrency", "2", "--json", str(out)],
+        [sys.executable, "-m", *args],
         cwd=local_stack.ROOT,
         env=local_stack.celery_env(REDIS_URL=url),
         capture_output=True,
         text=True,
-        timeout=540,
+        timeout=timeout,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.timeout(600)
+def test_quick_benchmark_reports_every_section(tmp_path: Path):
+    out = tmp_path / "bench.json"
+    done = run_bench("bench", "--quick", "--concurrency", "2", "--json", str(out), timeout=540)
     figures = json.loads(out.read_text())["runs"]["2"]
     assert set(figures["sections"]) == SECTIONS
     for name, rounds in figures["sections"].items():
@@ -60,16 +66,5 @@ def test_quick_benchmark_reports_every_section(tmp_path: Path):
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("what", ["throughput", "rollback"])
 def test_the_ab_comparison_runs(what: str):
-    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    if not local_stack.redis_answers(url):
-        pytest.skip(f"no Redis at {url}")
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.ab", what, "--rounds", "1", "--flows", "4"],
-        cwd=local_stack.ROOT,
-        env=local_stack.celery_env(REDIS_URL=url),
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = run_bench("bench.ab", what, "--rounds", "1", "--flows", "4", timeout=240)
     assert f"{what} at concurrency 2: median ratio" in done.stdout
