@@ -158,6 +158,10 @@ class Bundle(BaseModel):
     def flight_ticket_ids(self) -> list[str]:
         return [t for leg in Leg for t in self.flight_tickets.get(leg, [])]
 
+    def cancelled_flight_ticket_ids(self) -> list[str]:
+        """The flight tickets an undo cancelled, leg by leg in the order they were cancelled."""
+        return [t for leg in self.cancelled_legs for t in self.flight_tickets.get(leg, [])]
+
     def status_since(self) -> datetime:
         """When the bundle entered its current status (for a final one: when it settled).
 

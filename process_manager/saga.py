@@ -491,27 +491,23 @@ def finalized(bundle: Bundle) -> Event:
 
 def failed(bundle: Bundle) -> Event:
     reason = bundle.failure.reason if bundle.failure else "rolled back"
-    cancelled = [t for leg in bundle.cancelled_legs for t in bundle.flight_tickets.get(leg, [])]
-    return _new(
-        bundle,
-        VipBundleFailed_v1,
-        "failed",
-        reason=reason,
-        refunded_ticket_ids=bundle.refunded_ticket_ids,
-        cancelled_flight_ticket_ids=cancelled,
-    )
+    return _undone(bundle, VipBundleFailed_v1, "failed", reason)
 
 
 def cancelled(bundle: Bundle) -> Event:
     reason = bundle.cancellation.reason if bundle.cancellation else "cancelled"
-    cancelled = [t for leg in bundle.cancelled_legs for t in bundle.flight_tickets.get(leg, [])]
+    return _undone(bundle, VipBundleCancelled_v1, "cancelled", reason)
+
+
+def _undone(bundle: Bundle, cls: type[Event], key_step: str, reason: str) -> Event:
+    """The final event of an undone bundle: why, and what its undos refunded and cancelled."""
     return _new(
         bundle,
-        VipBundleCancelled_v1,
-        "cancelled",
+        cls,
+        key_step,
         reason=reason,
         refunded_ticket_ids=bundle.refunded_ticket_ids,
-        cancelled_flight_ticket_ids=cancelled,
+        cancelled_flight_ticket_ids=bundle.cancelled_flight_ticket_ids(),
     )
 
 

@@ -9,6 +9,8 @@ and re-raises, so the failure is visible in Flower. The last undo to finish fail
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future
+from functools import partial
 from typing import TypeVar
 
 from adapters.partners import BusinessRefusal, PartnerError
@@ -64,26 +66,13 @@ def refund_tickets(vip_bundle_id: str, ticket_ids: list[str]) -> str:
     def undo() -> None:
         # If one call fails the bundle parks, and the next round sends them all again with
         # the same keys (the partners answer a key they saw with its first answer).
-        calls = []
-        for ticket_id in (c.ticket_id for c in todo):
-            calls.append(
-                io_pool().submit(
-                    p.refund,
-                    payment_reference=ticket_id,
-                    reason=REASON,
-                    deduplication_id=bundle.key(f"refund-{ticket_id}"),
-                    correlation_id=bundle.correlation_id,
-                )
-            )
-            calls.append(
-                io_pool().submit(
-                    p.void_receipt,
-                    ticket_id=ticket_id,
-                    reason=REASON,
-                    idempotent_id=bundle.key(f"void-{ticket_id}"),
-                    correlation_id=bundle.correlation_id,
-                )
-            )
+        common = {"reason": REASON, "correlation_id": bundle.correlation_id}
+        calls: list[Future[None]] = []
+        for t in (c.ticket_id for c in todo):
+            refund_key, void_key = bundle.key(f"refund-{t}"), bundle.key(f"void-{t}")
+            refund = partial(p.refund, payment_reference=t, deduplication_id=refund_key)
+            void = partial(p.void_receipt, ticket_id=t, idempotent_id=void_key)
+            calls += [io_pool().submit(refund, **common), io_pool().submit(void, **common)]
         for call in calls:
             call.result()
 

@@ -35,11 +35,10 @@ def _pending(bundle: Bundle) -> list[dict[str, str]]:
 
 def compensations(bundle: Bundle) -> dict[str, Any]:
     """The undo work done so far, and what is still to do (in a rollback or a cancellation)."""
-    cancelled = [t for leg in bundle.cancelled_legs for t in bundle.flight_tickets.get(leg, [])]
     return {
         "refunded_ticket_ids": bundle.refunded_ticket_ids,
         "cancelled_legs": [leg.value for leg in bundle.cancelled_legs],
-        "cancelled_flight_ticket_ids": cancelled,
+        "cancelled_flight_ticket_ids": bundle.cancelled_flight_ticket_ids(),
         "pending": _pending(bundle),
     }
 
