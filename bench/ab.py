@@ -10,6 +10,9 @@ and after it (a `git worktree` of the older commit, run with its own path first 
 
 `throughput`: saga success over the bare chain, under load (window 2 x concurrency).
 `rollback`: the rollback's p99 over the chain's p99, one flow at a time.
+`floor`: the chain, the floor (bench/floor_tasks.py: the saga's design, none of its code) and
+the saga, under load: floor / chain is the best this design can do here, saga / floor what the
+saga's own code costs on top.
 The stack is the benchmark's own (a database of its own, the simulator, one prefork worker).
 """
 
@@ -27,7 +30,7 @@ from bench.stack import running
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__)
-    p.add_argument("what", choices=["throughput", "rollback"])
+    p.add_argument("what", choices=["throughput", "rollback", "floor"])
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--flows", type=int, default=300, help="flows per section and round")
     p.add_argument("--concurrency", type=int, default=2)
@@ -44,9 +47,20 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(Meter(stack, r), r)
         seed(r, store(), 1000, request(RETURN_ID))
         sold_out = bench.sold_out(stack.sim_url)
-        ratios = []
+        ratios, floors = [], []
         for i in range(args.rounds):
-            if args.what == "throughput":
+            if args.what == "floor":
+                load = Load(args.flows, 2 * args.concurrency)
+                base = bench.baseline(load)
+                floor = bench.floor(load)
+                saga = bench.saga("success", load, RETURN_ID, rollback=False)
+                floors.append(floor.throughput / base.throughput)
+                ratios.append(saga.throughput / base.throughput)
+                shown = (
+                    f"chain {base.throughput:.1f}/s, floor {floor.throughput:.1f}/s "
+                    f"({floors[-1]:.3f}), saga {saga.throughput:.1f}/s"
+                )
+            elif args.what == "throughput":
                 load = Load(args.flows, 2 * args.concurrency)
                 base = bench.baseline(load)
                 saga = bench.saga("success", load, RETURN_ID, rollback=False)
@@ -58,12 +72,18 @@ def main(argv: list[str] | None = None) -> int:
                 saga = bench.saga("rollback-light", load, sold_out, rollback=True)
                 ratios.append(saga.p(99) / base.p(99))
                 shown = f"chain p99 {base.p(99):.1f} ms, rollback p99 {saga.p(99):.1f} ms"
-            print(f"round {i + 1}: {shown}, ratio {ratios[-1]:.3f}", flush=True)
-    print(
-        f"{args.what} at concurrency {args.concurrency}: median ratio "
-        f"{statistics.median(ratios):.3f} (rounds {', '.join(f'{x:.2f}' for x in ratios)})"
-    )
+            print(f"round {i + 1}: {shown}, saga / chain {ratios[-1]:.3f}", flush=True)
+    if floors:
+        _summary("floor / chain", args.concurrency, floors)
+    _summary("saga / chain" if floors else args.what, args.concurrency, ratios)
     return 0
+
+
+def _summary(what: str, concurrency: int, ratios: list[float]) -> None:
+    print(
+        f"{what} at concurrency {concurrency}: median ratio {statistics.median(ratios):.3f} "
+        f"(rounds {', '.join(f'{x:.2f}' for x in ratios)})"
+    )
 
 
 if __name__ == "__main__":

@@ -78,6 +78,7 @@ class SagaFlow:
         self.request = request
         self.own: Counter[str] = Counter()
         self.events: Counter[str] = Counter()  # stream entries per bundle
+        self.finished: dict[str, float] = {}  # bundle id -> when its last event was streamed
         self.answers: dict[str, AsyncResult] = {}
         newest = r.xrevrange(stream, count=1)
         self.last_id: bytes | str = newest[0][0] if newest else "0-0"
@@ -103,10 +104,30 @@ class SagaFlow:
                 self.events[bundle_id] += 1
                 if fields[b"event_name"].decode() in TERMINAL:
                     done.append(bundle_id)
+                    self.finished[bundle_id] = int(_text(entry_id).split("-")[0]) / 1000
         for bundle_id in done:  # the intake answer, read as a caller reads it
             if (answer := self.answers.pop(bundle_id, None)) is not None:
                 answer.get(timeout=30)
         return done
+
+
+class FloorFlow(SagaFlow):
+    """The floor's bundles (bench/floor_tasks.py), booked and awaited as the saga's are."""
+
+    def send(self) -> tuple[str, float]:
+        bundle_id = str(uuid.uuid4())
+        at = time.time()
+        r = self.request
+        self.answers[bundle_id] = app.send_task(
+            "bench.floor.book",
+            args=[bundle_id, r["show_id"], r["inbound_flight_id"], r["return_flight_id"]],
+            queue=INTAKE_QUEUE,
+        )
+        return bundle_id, at
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def drive(flow: Flow, n: int, window: int, stall_s: float = 90.0) -> dict[str, float]:

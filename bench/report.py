@@ -24,6 +24,7 @@ MIN_SCALE_THROUGHPUT = 0.85
 
 KINDS = {
     "baseline": "baseline chain",
+    "floor": "floor (the design, no saga code)",
     "success": "saga success",
     "rollback": "saga rollback (return sold out)",
     "baseline_light": "baseline chain, one at a time",
@@ -38,7 +39,8 @@ HEAD = (
     f"{'redis us':>8} {'cpu ms':>6} {'bytes':>6}  cpu share: worker(main)/sim/redis/driver"
 )
 NOTE = """\
-latency: baseline send -> last task done; success send_task(vip_bundle.book) -> finalized;
+latency: baseline send -> last task done; success send_task(vip_bundle.book) -> finalized
+  (floor: send_task(bench.floor.book) -> its finalized event, to the millisecond);
   rollback 409 (FlightBookingFailed_v1) -> failed, i.e. the compensation alone.
 flows/s: median over rounds; p50/p99: over every flow of the rounds. cmds, redis us, cpu ms:
   per flow (Redis commands, Redis server time, CPU of worker+simulator+Redis+driver).
@@ -120,6 +122,10 @@ def ratios(k: dict[str, list[Section]]) -> dict[str, Any]:
     base, success, rollback = k["baseline"], k["success"], k["rollback"]
     out: dict[str, Any] = {
         "throughput_saga_over_baseline": _per_round(success, base, _throughput),
+        # The best any implementation of the design could do here (bench/floor_tasks.py), and
+        # what the saga's own code costs on top of it.
+        "throughput_floor_over_baseline": _per_round(k["floor"], base, _throughput),
+        "throughput_saga_over_floor": _per_round(success, k["floor"], _throughput),
         "rollback_throughput_over_baseline": _per_round(rollback, base, _throughput),
         "rollback_p99_over_baseline_p99_one_at_a_time": _per_round(
             k["rollback_light"], k["baseline_light"], _p99

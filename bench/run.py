@@ -121,6 +121,7 @@ def _sections(stack: Stack, opts: Options, window: int) -> dict[str, Any]:
     for i in range(opts.rounds):
         say(f"round {i + 1}/{opts.rounds}, {stored(store()):,} stored: {loaded.label()} ...")
         kinds["baseline"].append(bench.baseline(loaded))
+        kinds["floor"].append(bench.floor(loaded))
         kinds["success"].append(bench.saga("success", loaded, RETURN_ID, rollback=False))
         kinds["rollback"].append(bench.saga("rollback", loaded, sold_out, rollback=True))
         say(f"round {i + 1}/{opts.rounds}: {light.label()} ...")

@@ -18,7 +18,8 @@ from typing import Any
 
 import redis
 
-from bench.flows import BaselineFlow, Flow, SagaFlow, drive
+from bench.floor_tasks import events_stream
+from bench.flows import BaselineFlow, FloorFlow, Flow, SagaFlow, drive
 from bench.meter import Cost, Meter
 from bench.profile import sampled
 from bench.seed import stored
@@ -139,6 +140,23 @@ class Bench:
         )
 
     # --- saga -----------------------------------------------------------------------------------
+
+    def floor(self, load: Load) -> Section:
+        """The saga's design without the saga's code (bench/floor_tasks.py): throughput only."""
+        req = request(RETURN_ID)
+        stream = events_stream()
+        flow, sent, cost = self.measured("floor", load, lambda: FloorFlow(self.r, stream, req))
+        assert isinstance(flow, FloorFlow)
+        done = flow.finished
+        return Section(
+            name="floor (the design, no saga code)",
+            flows=load.n,
+            throughput=load.n / (max(done[b] for b in sent) - min(sent.values())),
+            latency_ms=[(done[b] - t) * 1000 for b, t in sent.items()],
+            latency_is="send_task(bench.floor.book) -> finalized (stream entry id, ms)",
+            cost=cost,
+            extra={"window": load.window},
+        )
 
     def saga(self, name: str, load: Load, return_flight_id: str, rollback: bool) -> Section:
         st = store()

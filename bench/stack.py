@@ -24,7 +24,7 @@ from adapters.settings import get_settings
 from partner_simulator.server import start_subprocess
 from vip_bundles import local_stack
 
-BASELINE_MODULE = "bench.baseline_tasks"
+BASELINE_MODULE = "bench.baseline_tasks,bench.floor_tasks"  # as `worker --include`
 
 
 @dataclass
@@ -61,7 +61,8 @@ def running(pool: str, concurrency: int, private_redis: bool) -> Iterator[Stack]
         for name in ("BROKER_URL", "RESULT_BACKEND", "KEY_PREFIX"):  # defaults, on this Redis
             os.environ.pop(name, None)
         prefix = get_settings().key_prefix
-        # The one change to a production worker: it also loads the baseline's two tasks.
+        # The one change to a production worker: it also loads the baseline's and the floor's
+        # tasks (bench/floor_tasks.py).
         # Celery's CLI reads CELERY_WORKER_INCLUDE as `worker --include`, so local_stack,
         # celeryconfig and the task list stay as they are.
         worker_env = local_stack.celery_env(**env, CELERY_WORKER_INCLUDE=BASELINE_MODULE)

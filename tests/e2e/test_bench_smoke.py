@@ -17,6 +17,7 @@ from vip_bundles import local_stack
 
 SECTIONS = {
     "baseline",
+    "floor",
     "success",
     "rollback",
     "baseline_light",
@@ -64,7 +65,8 @@ def test_quick_benchmark_reports_every_section(tmp_path: Path):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("what", ["throughput", "rollback"])
+@pytest.mark.parametrize("what", ["throughput", "rollback", "floor"])
 def test_the_ab_comparison_runs(what: str):
     done = run_bench("bench.ab", what, "--rounds", "1", "--flows", "4", timeout=240)
-    assert f"{what} at concurrency 2: median ratio" in done.stdout
+    label = "floor / chain" if what == "floor" else what
+    assert f"{label} at concurrency 2: median ratio" in done.stdout

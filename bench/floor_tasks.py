@@ -1,0 +1,169 @@
+"""The floor: the saga's design with none of the saga's own code, to tell the two costs apart.
+
+The saga's shape (an intake task whose answer the caller reads, then a chain of three steps,
+each with an error callback) and the Redis work its guarantees need, run by the store's own
+scripts: the creation script; per step a guarded start (status checked, start counted, the
+bundle returned) and a transition (version checked, document, status index and event stream
+written), the return step's transition finalizing too. What it leaves out is everything the
+saga computes: validation, the domain's decisions, parsing and building documents and events.
+Each script's arguments are prepared once per process from a real bundle's documents.
+
+So `floor / chain` is the best throughput any implementation of this design can reach here,
+and `saga / floor` is what the saga's own code adds to it (`python -m bench.ab floor`).
+Loaded only by the benchmark's worker, as `bench.baseline_tasks` is.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from functools import cache
+from typing import Any
+
+from celery import chain
+
+from adapters.settings import get_settings
+from adapters.store import _START, _TRANSITION, MOVES_TTL_S, BundleStore
+from bench.baseline_tasks import NAMESPACE
+from process_manager import saga
+from process_manager.bundle import IN_FLIGHT, Bundle, Status
+from process_manager.messages import Leg, parse_request
+from tasks.celery_app import app, partners, redis_client
+
+REQUEST: dict[str, Any] = {
+    "customer_email": "bench@example.com",
+    "number_of_tickets": 2,
+    "show_id": "00000000-0000-4000-8000-000000000001",
+    "passengers": ["Ann Lee", "Bob Lee"],
+    "inbound_flight_id": "00000000-0000-4000-8000-000000000002",
+    "return_flight_id": "00000000-0000-4000-8000-000000000003",
+}
+
+
+def floor_store() -> BundleStore:
+    """Keys of the floor's own (`<prefix>floor:...`): its bundles never reach the saga's indexes."""
+    return BundleStore(redis_client(), prefix=f"{get_settings().key_prefix}floor:")
+
+
+def events_stream() -> str:
+    return floor_store().stream
+
+
+@cache
+def _writes() -> dict[str, tuple[str, list[tuple[str, str, str]], Status]]:
+    """Per write: the document after it, its events (name, json, move), the status it leaves.
+
+    Built once per process, by the saga's functions, from one real bundle's life.
+    """
+    bundle = Bundle.from_request(parse_request({**REQUEST, "vip_bundle_id": str(uuid.uuid4())}))
+    steps: dict[str, tuple[str, list[tuple[str, str, str]], Status]] = {}
+
+    def write(name: str, before: Bundle | None, after: Bundle, events: list[Any]) -> None:
+        rows = []
+        for event, entry in zip(events, after.history[-len(events) :], strict=True):
+            message = json.dumps(event.to_message(), separators=(",", ":"))
+            move = f"{entry.from_status}>{entry.to_status}" if before else ""
+            rows.append((event.name(), message if event.published else "", move))
+        steps[name] = (after.model_dump_json(), rows, before.status if before else after.status)
+
+    created = saga.apply_initial(bundle, saga.initialized(bundle))
+    write("create", None, created, [saga.initialized(bundle)])
+    made = saga.apply(created, e := saga.booking_made(created, ["t-1", "t-2"]))
+    write("show", created, made, [e])
+    inbound = saga.apply(made, e := saga.flight_booked(made, Leg.INBOUND, ["f-1", "f-2"]))
+    write("inbound", made, inbound, [e])
+    booked = saga.apply(inbound, e := saga.flight_booked(inbound, Leg.RETURN, ["f-3", "f-4"]))
+    done = saga.apply(booked, f := saga.finalized(booked))
+    write("return", inbound, done, [e, f])
+    return steps
+
+
+def _transition(bundle_id: str, step: str, version: int) -> None:
+    """The store's transition script, its arguments ready-made (creation when version is 0)."""
+    st, (doc, events, left) = floor_store(), _writes()[step]
+    status = _AFTER[step]
+    now = time.time()
+    keys = [
+        st._bundle_key(bundle_id),
+        st.status_key(left),
+        st.status_key(status),
+        st.stream,
+        st.event_counts_key,
+        st.moves_key(int(now // 60)),
+        st.in_flight_key,
+    ]
+    maxlen = get_settings().events_stream_maxlen
+    args: list[Any] = [version, version + 1, doc, str(status), now, bundle_id, maxlen]
+    args += [MOVES_TTL_S, now, "1" if status in IN_FLIGHT else "", 0, ""]
+    for name, message, move in events:
+        args += [name, message, move]
+    if step == "create":
+        args[11] = f"booking-{bundle_id}"
+        keys += [st._booking_index(), f"{st.prefix}index:email:x", f"{st.prefix}index:corr:x"]
+    if _script(_TRANSITION)(keys=keys, args=args) not in (b"ok", "ok"):
+        raise RuntimeError(f"floor bundle {bundle_id}: version moved")
+
+
+def _start(bundle_id: str, step: str, runs_in: Status) -> None:
+    reply = _script(_START)(
+        keys=[floor_store()._bundle_key(bundle_id)], args=[1, f"starts:{step}", "0", str(runs_in)]
+    )
+    if not reply:
+        raise RuntimeError(f"floor bundle {bundle_id}: not due for {step}")
+
+
+_AFTER = {
+    "create": Status.INITIALIZED,
+    "show": Status.BOOKING_MADE,
+    "inbound": Status.INBOUND_BOOKED,
+    "return": Status.FINALIZED,
+}
+
+
+@cache
+def _script(source: str) -> Any:
+    return redis_client().register_script(source)
+
+
+@app.task(name="bench.floor.book")
+def book(bundle_id: str, show_id: str, inbound_id: str, return_id: str) -> dict[str, str]:
+    _transition(bundle_id, "create", 0)
+    flow = chain(show.si(bundle_id, show_id), flight.si(bundle_id, "inbound", inbound_id))
+    flow |= flight.si(bundle_id, "return", return_id)
+    flow.on_error(failed.s(bundle_id))
+    flow.apply_async()
+    return {"vip_bundle_id": bundle_id, "booking_id": f"booking-{bundle_id}"}
+
+
+@app.task(name="bench.floor.show", ignore_result=True)
+def show(bundle_id: str, show_id: str) -> None:
+    _start(bundle_id, "show", Status.INITIALIZED)
+    partners().book_show_tickets(
+        booking_id=str(uuid.uuid5(NAMESPACE, bundle_id)),
+        customer_address="bench@example.com",
+        event_id=show_id,
+        number_of_tickets=2,
+        correlation_id=bundle_id,
+    )
+    _transition(bundle_id, "show", 1)
+
+
+@app.task(name="bench.floor.flight", ignore_result=True)
+def flight(bundle_id: str, leg: str, flight_id: str) -> None:
+    runs_in = Status.BOOKING_MADE if leg == "inbound" else Status.INBOUND_BOOKED
+    _start(bundle_id, leg, runs_in)
+    partners().book_flight(
+        customer_email="bench@example.com",
+        flight_id=flight_id,
+        passenger_names=["Ann Lee", "Bob Lee"],
+        reference_id=bundle_id,
+        idempotency_key=f"{bundle_id}:flight-{leg}",
+        correlation_id=bundle_id,
+    )
+    _transition(bundle_id, leg, 2 if leg == "inbound" else 3)
+
+
+@app.task(name="bench.floor.failed", ignore_result=True)
+def failed(request: Any, exc: BaseException, traceback: Any, bundle_id: str) -> None:
+    """The error callback every step carries (as the saga's do); a floor step never fails."""
