@@ -24,7 +24,8 @@ from adapters.settings import get_settings
 from partner_simulator.server import start_subprocess
 from vip_bundles import local_stack
 
-BASELINE_MODULE = "bench.baseline_tasks,bench.floor_tasks"  # as `worker --include`
+# As `worker --include`; the probe does nothing unless BENCH_CPU_PROBE is set.
+BASELINE_MODULE = "bench.baseline_tasks,bench.floor_tasks,bench.cpu_probe"
 
 
 @dataclass

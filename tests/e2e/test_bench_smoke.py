@@ -28,7 +28,9 @@ SECTIONS = {
 }
 
 
-def run_bench(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+def run_bench(
+    *args: str, timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """`python -m <args>` in its own process, as a user runs it (it claims its own database and
     starts its own worker); skipped without a Redis."""
     url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -37,7 +39,7 @@ def run_bench(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
         [sys.executable, "-m", *args],
         cwd=local_stack.ROOT,
-        env=local_stack.celery_env(REDIS_URL=url),
+        env=local_stack.celery_env(REDIS_URL=url, **(env or {})),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -70,3 +72,14 @@ def test_the_ab_comparison_runs(what: str):
     done = run_bench("bench.ab", what, "--rounds", "1", "--flows", "4", timeout=240)
     label = "floor / chain" if what == "floor" else what
     assert f"{label} at concurrency 2: median ratio" in done.stdout
+
+
+@pytest.mark.timeout(300)
+def test_the_cpu_probe_files_each_side(tmp_path: Path):
+    probe = tmp_path / "probe"
+    args = ("bench.ab", "floor", "--rounds", "1", "--flows", "4")
+    run_bench(*args, timeout=240, env={"BENCH_CPU_PROBE": str(probe)})
+    summary = run_bench("bench.cpu_probe", str(probe), "8", timeout=60).stdout
+    for line in ("chain task bench.baseline.show", "floor task bench.floor.book", "saga task "):
+        assert line in summary, summary
+    assert "saga redis.commands.core.Script.__call__" in summary, summary
