@@ -30,27 +30,37 @@ def done_stream() -> str:
     return f"{get_settings().key_prefix}bench:baseline-done"
 
 
-@app.task(name="bench.baseline.show", ignore_result=True)
-def show(chain_id: str, show_id: str) -> None:
+def book_show(flow_id: str, show_id: str) -> None:
+    """The show booking of a successful bundle (also the floor's: bench/floor_tasks.py)."""
     partners().book_show_tickets(
-        booking_id=str(uuid.uuid5(NAMESPACE, chain_id)),
+        booking_id=str(uuid.uuid5(NAMESPACE, flow_id)),
         customer_address="bench@example.com",
         event_id=show_id,
         number_of_tickets=2,
-        correlation_id=chain_id,
+        correlation_id=flow_id,
     )
 
 
-@app.task(name="bench.baseline.flight", ignore_result=True)
-def flight(chain_id: str, leg: str, flight_id: str) -> None:
+def book_flight(flow_id: str, leg: str, flight_id: str) -> None:
+    """One leg's booking of a successful bundle (also the floor's)."""
     partners().book_flight(
         customer_email="bench@example.com",
         flight_id=flight_id,
         passenger_names=["Ann Lee", "Bob Lee"],
-        reference_id=chain_id,
-        idempotency_key=f"{chain_id}:flight-{leg}",
-        correlation_id=chain_id,
+        reference_id=flow_id,
+        idempotency_key=f"{flow_id}:flight-{leg}",
+        correlation_id=flow_id,
     )
+
+
+@app.task(name="bench.baseline.show", ignore_result=True)
+def show(chain_id: str, show_id: str) -> None:
+    book_show(chain_id, show_id)
+
+
+@app.task(name="bench.baseline.flight", ignore_result=True)
+def flight(chain_id: str, leg: str, flight_id: str) -> None:
+    book_flight(chain_id, leg, flight_id)
 
 
 @app.task(name="bench.baseline.done", ignore_result=True)

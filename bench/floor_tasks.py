@@ -6,7 +6,8 @@ scripts: the creation script; per step a guarded start (status checked, start co
 bundle returned) and a transition (version checked, document, status index and event stream
 written), the return step's transition finalizing too. What it leaves out is everything the
 saga computes: validation, the domain's decisions, parsing and building documents and events.
-Each script's arguments are prepared once per process from a real bundle's documents.
+Each script's arguments are prepared once per process from a real bundle's documents, and
+the scripts are the store's own (`BundleStore` under a prefix of the floor's).
 
 So `floor / chain` is the best throughput any implementation of this design can reach here,
 and `saga / floor` is what the saga's own code adds to it (`python -m bench.ab floor`).
@@ -22,14 +23,15 @@ from functools import cache
 from typing import Any
 
 from celery import chain
+from celery.signals import worker_process_init
 
 from adapters.settings import get_settings
-from adapters.store import _START, _TRANSITION, MOVES_TTL_S, BundleStore
-from bench.baseline_tasks import NAMESPACE
+from adapters.store import MOVES_TTL_S, BundleStore
+from bench.baseline_tasks import book_flight, book_show
 from process_manager import saga
 from process_manager.bundle import IN_FLIGHT, Bundle, Status
 from process_manager.messages import Leg, parse_request
-from tasks.celery_app import app, partners, redis_client
+from tasks.celery_app import app, redis_client
 
 REQUEST: dict[str, Any] = {
     "customer_email": "bench@example.com",
@@ -41,9 +43,18 @@ REQUEST: dict[str, Any] = {
 }
 
 
+@cache
 def floor_store() -> BundleStore:
-    """Keys of the floor's own (`<prefix>floor:...`): its bundles never reach the saga's indexes."""
+    """Keys of the floor's own (`<prefix>floor:...`): its bundles never reach the saga's indexes.
+
+    One per process, as the saga's store: made on first use, anew after a fork.
+    """
     return BundleStore(redis_client(), prefix=f"{get_settings().key_prefix}floor:")
+
+
+@worker_process_init.connect
+def _fresh_store_after_fork(**_: object) -> None:
+    floor_store.cache_clear()
 
 
 def events_stream() -> str:
@@ -100,15 +111,18 @@ def _transition(bundle_id: str, step: str, version: int) -> None:
         args += [name, message, move]
     if step == "create":
         args[11] = f"booking-{bundle_id}"
-        keys += [st._booking_index(), f"{st.prefix}index:email:x", f"{st.prefix}index:corr:x"]
-    if _script(_TRANSITION)(keys=keys, args=args) not in (b"ok", "ok"):
+        keys += [
+            st._booking_index(),
+            st._email_index(REQUEST["customer_email"]),
+            st._correlation_index(bundle_id),
+        ]
+    if st._transition(keys=keys, args=args) not in (b"ok", "ok"):
         raise RuntimeError(f"floor bundle {bundle_id}: version moved")
 
 
 def _start(bundle_id: str, step: str, runs_in: Status) -> None:
-    reply = _script(_START)(
-        keys=[floor_store()._bundle_key(bundle_id)], args=[1, f"starts:{step}", "0", str(runs_in)]
-    )
+    st = floor_store()
+    reply = st._start(keys=[st._bundle_key(bundle_id)], args=[1, f"starts:{step}", "0", runs_in])
     if not reply:
         raise RuntimeError(f"floor bundle {bundle_id}: not due for {step}")
 
@@ -119,11 +133,6 @@ _AFTER = {
     "inbound": Status.INBOUND_BOOKED,
     "return": Status.FINALIZED,
 }
-
-
-@cache
-def _script(source: str) -> Any:
-    return redis_client().register_script(source)
 
 
 @app.task(name="bench.floor.book")
@@ -139,13 +148,7 @@ def book(bundle_id: str, show_id: str, inbound_id: str, return_id: str) -> dict[
 @app.task(name="bench.floor.show", ignore_result=True)
 def show(bundle_id: str, show_id: str) -> None:
     _start(bundle_id, "show", Status.INITIALIZED)
-    partners().book_show_tickets(
-        booking_id=str(uuid.uuid5(NAMESPACE, bundle_id)),
-        customer_address="bench@example.com",
-        event_id=show_id,
-        number_of_tickets=2,
-        correlation_id=bundle_id,
-    )
+    book_show(bundle_id, show_id)
     _transition(bundle_id, "show", 1)
 
 
@@ -153,14 +156,7 @@ def show(bundle_id: str, show_id: str) -> None:
 def flight(bundle_id: str, leg: str, flight_id: str) -> None:
     runs_in = Status.BOOKING_MADE if leg == "inbound" else Status.INBOUND_BOOKED
     _start(bundle_id, leg, runs_in)
-    partners().book_flight(
-        customer_email="bench@example.com",
-        flight_id=flight_id,
-        passenger_names=["Ann Lee", "Bob Lee"],
-        reference_id=bundle_id,
-        idempotency_key=f"{bundle_id}:flight-{leg}",
-        correlation_id=bundle_id,
-    )
+    book_flight(bundle_id, leg, flight_id)
     _transition(bundle_id, leg, 2 if leg == "inbound" else 3)
 
 

@@ -29,6 +29,7 @@ class Stalled(RuntimeError):
 
 class Flow(Protocol):
     own: Counter[str]  # Redis commands the driver sent only to learn what finished
+    finished: dict[str, float]  # flow id -> when it finished (epoch seconds, the worker's clock)
 
     def send(self) -> tuple[str, float]: ...
 

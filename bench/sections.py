@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -122,41 +123,41 @@ class Bench:
         taken = len(list(self.profile_dir.glob(f"{slug}-*.txt")))
         return self.profile_dir / f"{slug}-{taken + 1}.txt"  # one file per round
 
-    # --- baseline -------------------------------------------------------------------------------
+    # --- the baseline and the floor ---------------------------------------------------------------
 
     def baseline(self, load: Load, return_flight_id: str = "") -> Section:
         req = request(return_flight_id or RETURN_ID)
-        flow, sent, cost = self.measured("baseline", load, lambda: BaselineFlow(self.r, req))
-        assert isinstance(flow, BaselineFlow)
+        make = partial(BaselineFlow, self.r, req)
+        return self._finished("baseline", "baseline chain", load, make, "send -> last task done")
+
+    def floor(self, load: Load) -> Section:
+        """The saga's design without the saga's code (bench/floor_tasks.py): throughput only."""
+        req, stream = request(RETURN_ID), events_stream()
+        return self._finished(
+            "floor",
+            "floor (the design, no saga code)",
+            load,
+            partial(FloorFlow, self.r, stream, req),
+            "send_task(bench.floor.book) -> finalized (stream entry id, ms)",
+        )
+
+    def _finished(
+        self, slug: str, name: str, load: Load, make: Callable[[], Flow], latency_is: str
+    ) -> Section:
+        """A section timed by the finish times its flows report (`Flow.finished`)."""
+        flow, sent, cost = self.measured(slug, load, make)
         done = flow.finished
         return Section(
-            name="baseline chain",
+            name=name,
             flows=load.n,
-            throughput=load.n / (max(done[c] for c in sent) - min(sent.values())),
-            latency_ms=[(done[c] - t) * 1000 for c, t in sent.items()],
-            latency_is="send -> last task done",
+            throughput=load.n / (max(done[f] for f in sent) - min(sent.values())),
+            latency_ms=[(done[f] - t) * 1000 for f, t in sent.items()],
+            latency_is=latency_is,
             cost=cost,
             extra={"window": load.window},
         )
 
     # --- saga -----------------------------------------------------------------------------------
-
-    def floor(self, load: Load) -> Section:
-        """The saga's design without the saga's code (bench/floor_tasks.py): throughput only."""
-        req = request(RETURN_ID)
-        stream = events_stream()
-        flow, sent, cost = self.measured("floor", load, lambda: FloorFlow(self.r, stream, req))
-        assert isinstance(flow, FloorFlow)
-        done = flow.finished
-        return Section(
-            name="floor (the design, no saga code)",
-            flows=load.n,
-            throughput=load.n / (max(done[b] for b in sent) - min(sent.values())),
-            latency_ms=[(done[b] - t) * 1000 for b, t in sent.items()],
-            latency_is="send_task(bench.floor.book) -> finalized (stream entry id, ms)",
-            cost=cost,
-            extra={"window": load.window},
-        )
 
     def saga(self, name: str, load: Load, return_flight_id: str, rollback: bool) -> Section:
         st = store()
