@@ -49,23 +49,17 @@ def main(argv: list[str] | None = None) -> int:
         sold_out = bench.sold_out(stack.sim_url)
         ratios, floors = [], []
         for i in range(args.rounds):
-            if args.what == "floor":
+            if args.what in ("throughput", "floor"):
                 load = Load(args.flows, 2 * args.concurrency)
                 base = bench.baseline(load)
-                floor = bench.floor(load)
-                saga = bench.saga("success", load, RETURN_ID, rollback=False)
-                floors.append(floor.throughput / base.throughput)
-                ratios.append(saga.throughput / base.throughput)
-                shown = (
-                    f"chain {base.throughput:.1f}/s, floor {floor.throughput:.1f}/s "
-                    f"({floors[-1]:.3f}), saga {saga.throughput:.1f}/s"
-                )
-            elif args.what == "throughput":
-                load = Load(args.flows, 2 * args.concurrency)
-                base = bench.baseline(load)
+                shown = f"chain {base.throughput:.1f}/s, "
+                if args.what == "floor":
+                    floor = bench.floor(load)
+                    floors.append(floor.throughput / base.throughput)
+                    shown += f"floor {floor.throughput:.1f}/s ({floors[-1]:.3f}), "
                 saga = bench.saga("success", load, RETURN_ID, rollback=False)
                 ratios.append(saga.throughput / base.throughput)
-                shown = f"chain {base.throughput:.1f}/s, saga {saga.throughput:.1f}/s"
+                shown += f"saga {saga.throughput:.1f}/s"
             else:
                 load = Load(args.flows, 1)
                 base = bench.baseline(load)

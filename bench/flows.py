@@ -105,7 +105,7 @@ class SagaFlow:
                 self.events[bundle_id] += 1
                 if fields[b"event_name"].decode() in TERMINAL:
                     done.append(bundle_id)
-                    self.finished[bundle_id] = int(_text(entry_id).split("-")[0]) / 1000
+                    self.finished[bundle_id] = int(entry_id.split(b"-")[0]) / 1000  # its ms
         for bundle_id in done:  # the intake answer, read as a caller reads it
             if (answer := self.answers.pop(bundle_id, None)) is not None:
                 answer.get(timeout=30)
@@ -125,10 +125,6 @@ class FloorFlow(SagaFlow):
             queue=INTAKE_QUEUE,
         )
         return bundle_id, at
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def drive(flow: Flow, n: int, window: int, stall_s: float = 90.0) -> dict[str, float]:
