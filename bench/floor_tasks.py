@@ -20,7 +20,7 @@ import json
 import time
 import uuid
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from celery import chain
 from celery.signals import worker_process_init
@@ -61,14 +61,21 @@ def events_stream() -> str:
     return floor_store().stream
 
 
-@cache
-def _writes() -> dict[str, tuple[str, list[tuple[str, str, str]], Status]]:
-    """Per write: the document after it, its events (name, json, move), the status it leaves.
+class _Write(NamedTuple):
+    """One of the bundle's writes, as the saga makes it: all it needs but the bundle id."""
 
-    Built once per process, by the saga's functions, from one real bundle's life.
-    """
+    doc: str  # the document after it
+    events: list[tuple[str, str, str]]  # (name, json, move) per event
+    left: Status  # the status it leaves: also the status its step's start requires
+    status: Status  # the status it writes
+    version: int  # the version it expects (0: creation)
+
+
+@cache
+def _writes() -> dict[str, _Write]:
+    """The writes of one real bundle's life, built once per process by the saga's functions."""
     bundle = Bundle.from_request(parse_request({**REQUEST, "vip_bundle_id": str(uuid.uuid4())}))
-    steps: dict[str, tuple[str, list[tuple[str, str, str]], Status]] = {}
+    steps: dict[str, _Write] = {}
 
     def write(name: str, before: Bundle | None, after: Bundle, events: list[Any]) -> None:
         rows = []
@@ -76,7 +83,8 @@ def _writes() -> dict[str, tuple[str, list[tuple[str, str, str]], Status]]:
             message = json.dumps(event.to_message(), separators=(",", ":"))
             move = f"{entry.from_status}>{entry.to_status}" if before else ""
             rows.append((event.name(), message if event.published else "", move))
-        steps[name] = (after.model_dump_json(), rows, before.status if before else after.status)
+        left, version = (before.status, before.version) if before else (after.status, 0)
+        steps[name] = _Write(after.model_dump_json(), rows, left, after.status, version)
 
     created = saga.apply_initial(bundle, saga.initialized(bundle))
     write("create", None, created, [saga.initialized(bundle)])
@@ -90,24 +98,23 @@ def _writes() -> dict[str, tuple[str, list[tuple[str, str, str]], Status]]:
     return steps
 
 
-def _transition(bundle_id: str, step: str, version: int) -> None:
-    """The store's transition script, its arguments ready-made (creation when version is 0)."""
-    st, (doc, events, left) = floor_store(), _writes()[step]
-    status = _AFTER[step]
+def _transition(bundle_id: str, step: str) -> None:
+    """The store's transition script, its arguments ready-made (see BundleStore._write)."""
+    st, w = floor_store(), _writes()[step]
     now = time.time()
     keys = [
         st._bundle_key(bundle_id),
-        st.status_key(left),
-        st.status_key(status),
+        st.status_key(w.left),
+        st.status_key(w.status),
         st.stream,
         st.event_counts_key,
         st.moves_key(int(now // 60)),
         st.in_flight_key,
     ]
     maxlen = get_settings().events_stream_maxlen
-    args: list[Any] = [version, version + 1, doc, str(status), now, bundle_id, maxlen]
-    args += [MOVES_TTL_S, now, "1" if status in IN_FLIGHT else "", 0, ""]
-    for name, message, move in events:
+    args: list[Any] = [w.version, w.version + 1, w.doc, str(w.status), now, bundle_id, maxlen]
+    args += [MOVES_TTL_S, now, "1" if w.status in IN_FLIGHT else "", 0, ""]
+    for name, message, move in w.events:
         args += [name, message, move]
     if step == "create":
         args[11] = f"booking-{bundle_id}"
@@ -120,24 +127,18 @@ def _transition(bundle_id: str, step: str, version: int) -> None:
         raise RuntimeError(f"floor bundle {bundle_id}: version moved")
 
 
-def _start(bundle_id: str, step: str, runs_in: Status) -> None:
+def _start(bundle_id: str, step: str) -> None:
+    """The store's guarded start: the step counted only if the bundle is where it runs."""
     st = floor_store()
+    runs_in = _writes()[step].left
     reply = st._start(keys=[st._bundle_key(bundle_id)], args=[1, f"starts:{step}", "0", runs_in])
     if not reply:
         raise RuntimeError(f"floor bundle {bundle_id}: not due for {step}")
 
 
-_AFTER = {
-    "create": Status.INITIALIZED,
-    "show": Status.BOOKING_MADE,
-    "inbound": Status.INBOUND_BOOKED,
-    "return": Status.FINALIZED,
-}
-
-
 @app.task(name="bench.floor.book")
 def book(bundle_id: str, show_id: str, inbound_id: str, return_id: str) -> dict[str, str]:
-    _transition(bundle_id, "create", 0)
+    _transition(bundle_id, "create")
     flow = chain(show.si(bundle_id, show_id), flight.si(bundle_id, "inbound", inbound_id))
     flow |= flight.si(bundle_id, "return", return_id)
     flow.on_error(failed.s(bundle_id))
@@ -147,17 +148,16 @@ def book(bundle_id: str, show_id: str, inbound_id: str, return_id: str) -> dict[
 
 @app.task(name="bench.floor.show", ignore_result=True)
 def show(bundle_id: str, show_id: str) -> None:
-    _start(bundle_id, "show", Status.INITIALIZED)
+    _start(bundle_id, "show")
     book_show(bundle_id, show_id)
-    _transition(bundle_id, "show", 1)
+    _transition(bundle_id, "show")
 
 
 @app.task(name="bench.floor.flight", ignore_result=True)
 def flight(bundle_id: str, leg: str, flight_id: str) -> None:
-    runs_in = Status.BOOKING_MADE if leg == "inbound" else Status.INBOUND_BOOKED
-    _start(bundle_id, leg, runs_in)
+    _start(bundle_id, leg)
     book_flight(bundle_id, leg, flight_id)
-    _transition(bundle_id, leg, 2 if leg == "inbound" else 3)
+    _transition(bundle_id, leg)
 
 
 @app.task(name="bench.floor.failed", ignore_result=True)
