@@ -36,7 +36,7 @@ PARTS = [
     ("adapters.store", "BundleStore.start_all"),
     ("adapters.store", "BundleStore.apply"),
     ("adapters.store", "BundleStore._write"),
-    ("adapters.store", "_from_hash"),
+    ("adapters.store", "bundle_from_hash"),  # as store.py looks it up
     ("tasks.steps", "due_all"),
     ("tasks.intake", "book_bundle"),
     ("adapters.partners", "Partners.book_show_tickets"),
