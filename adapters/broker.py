@@ -10,25 +10,31 @@ garbage stop a Celery 5 worker on the Redis broker for good ("Unrecoverable erro
 Pickled bodies, undecodable bodies and unknown task names are already refused by Celery.
 
 `Transport` also keeps one redis client per connection pool instead of a new one per
-publish, ack and event (about a tenth of a worker's CPU). It drops and logs entries that are
-not envelopes; `Consumer` refuses (logs, rejects
-without requeue) task messages it cannot build a request from. Both are enabled in
-celeryconfig with `broker_transport` (Redis only) and `worker_consumer`.
+publish, ack and event (about a tenth of a worker's CPU). It drops, and logs, entries that are
+not envelopes: checked for the fields kombu reads before it reads them, and JSON or base64 that
+does not decode. `Consumer` refuses (logs what it drops, rejects without requeue) task messages
+whose body Celery cannot build a request from. Each catches only the errors that bad input
+raises there, so a bug elsewhere still surfaces. Both are enabled in celeryconfig with
+`broker_transport` (Redis only) and `worker_consumer`.
 """
 
 from __future__ import annotations
 
+import binascii
+import json
 import logging
 from typing import Any
 
-from celery.exceptions import InvalidTaskError
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.transport import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 log = logging.getLogger(__name__)
-# What building a request from a malformed message raises: never a connection error.
-MALFORMED = (ValueError, TypeError, KeyError, AttributeError, IndexError)
+# What decoding a raw entry of a Redis queue raises when it is not a kombu envelope: its JSON
+# (kombu's `loads`) or its base64 body. Nothing else is caught: a bug is not a bad message.
+UNDECODABLE = (json.JSONDecodeError, binascii.Error)
+# What Celery raises building a request from a task body that is not `[args, kwargs, embed]`.
+MALFORMED_BODY = (ValueError, TypeError)
 
 
 class Channel(redis.Channel):
@@ -55,13 +61,34 @@ class Channel(redis.Channel):
     def _brpop_read(self, **options: Any) -> bool:
         try:
             return bool(super()._brpop_read(**options))
-        except (ValueError, TypeError, KeyError) as exc:  # json / envelope errors, not I/O
-            log.error("refused an entry on a vip-bundles queue: not a message (%r)", exc)
+        except UNDECODABLE as exc:  # the entry is already off the list: say what was dropped
+            log.error("dropped an entry of a vip-bundles queue: not a message (%r)", exc)
             return True
+
+
+def envelope_problem(entry: Any) -> str | None:
+    """Why a decoded queue entry is not a kombu envelope (None: it is one). kombu's Message
+    reads `properties` and its `delivery_tag`, and `headers` as a mapping."""
+    if not isinstance(entry, dict):
+        return f"JSON {type(entry).__name__}, not an object"
+    properties = entry.get("properties")
+    if not isinstance(properties, dict) or "delivery_tag" not in properties:
+        return f"no properties.delivery_tag; fields {sorted(map(str, entry))[:10]}"
+    if properties.get("body_encoding") not in (None, "base64"):
+        return "unknown body_encoding"
+    if not isinstance(entry.get("headers") or {}, dict):
+        return "headers is not an object"
+    return None
 
 
 class Transport(redis.Transport):
     Channel = Channel
+
+    def _deliver(self, message: Any, queue: str) -> None:
+        if (problem := envelope_problem(message)) is not None:
+            log.error("dropped an entry of queue %s: not a message (%s)", queue, problem)
+            return
+        super()._deliver(message, queue)
 
 
 class Consumer(CeleryConsumer):
@@ -71,12 +98,22 @@ class Consumer(CeleryConsumer):
         def on_task_received(message: Any) -> Any:
             try:
                 return handle(message)
-            except MALFORMED as exc:
-                refusal = InvalidTaskError(f"malformed task message: {exc!r}")
-                try:
-                    self.on_invalid_task(None, message, refusal)  # logs, rejects, no requeue
-                except MALFORMED:
-                    log.error("refused a malformed task message: %r", exc)
-                    message.reject_log_error(log, self.connection_errors)
+            except MALFORMED_BODY as exc:
+                self._refuse(message, exc)
+                return None
 
         return on_task_received
+
+    def _refuse(self, message: Any, exc: Exception) -> None:
+        """Reject without requeue, logging what was dropped: its task name, id and size, not
+        its body (Celery's own `on_invalid_task` would log the body: customers' data)."""
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        log.error(
+            "refused a malformed task message: %r; dropped task %s id %s (%d bytes, %s)",
+            exc,
+            headers.get("task"),
+            headers.get("id"),
+            len(message.body or b""),
+            message.content_type,
+        )
+        message.reject_log_error(log, self.connection_errors)

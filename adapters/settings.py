@@ -20,9 +20,15 @@ class Settings(BaseSettings):
     key_prefix: str = "vip-bundles:"
     events_stream_maxlen: int = 1_000_000
 
-    # The HTTP door's keys, `key:scope+scope,...` (vip_bundles/access.py). Secret: never shown
-    # in a repr or a log line.
+    # The HTTP door's keys, `key:scope+scope[@tenant],...` (vip_bundles/guard/). Secret: never
+    # shown in a repr or a log line.
     api_keys: SecretStr | None = None
+    # What else the HTTP door checks (vip_bundles/guard/): the hosts it serves (default: where
+    # it listens, localhost, 127.0.0.1, [::1]), other origins whose pages may POST to it, and
+    # the proxies whose X-Forwarded-For / Forwarded it believes (default: none).
+    allowed_hosts: str | None = None
+    allowed_origins: str | None = None
+    trusted_proxies: str | None = None
 
     gateway_url: str = "http://127.0.0.1:8888"
     http_timeout_s: float = 5.0

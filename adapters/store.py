@@ -163,6 +163,11 @@ class BundleStore(BundleQueries):
                 self._email_index(new.customer_email),
                 self._correlation_index(new.correlation_id),
             ]
+        if new.tenant is not None:  # the tenant's own status indexes, last (see TRANSITION)
+            keys += [
+                self.status_key(old.status if old else new.status, new.tenant),
+                self.status_key(new.status, new.tenant),
+            ]
         result = self._transition(keys=keys, args=args)
         return result in (b"ok", "ok")
 

@@ -17,7 +17,11 @@ class BundleKeys:
     def _bundle_key(self, bundle_id: str) -> str:
         return f"{self.prefix}bundle:{bundle_id}"
 
-    def status_key(self, status: Status | str) -> str:
+    def status_key(self, status: Status | str, tenant: str | None = None) -> str:
+        """Sorted set of the bundles in `status` (scored by last change, or settle time); with
+        `tenant`, only that tenant's (written beside the global one by the transition)."""
+        if tenant is not None:
+            return f"{self.prefix}tenant:{tenant}:status:{status}"
         return f"{self.prefix}status:{status}"
 
     @property

@@ -20,13 +20,15 @@ STARTS = "starts:"  # hash fields counting each step's starts
 class BundleQueries(BundleKeys):
     redis: Redis
 
-    def list(self, status: Status, offset: int = 0, limit: int = 50) -> list[Bundle]:
-        """Bundles in `status`, most recently changed first."""
-        ids = self.redis.zrevrange(self.status_key(status), offset, offset + limit - 1)
+    def list(
+        self, status: Status, offset: int = 0, limit: int = 50, tenant: str | None = None
+    ) -> list[Bundle]:
+        """Bundles in `status`, most recently changed first (with `tenant`: its own only)."""
+        ids = self.redis.zrevrange(self.status_key(status, tenant), offset, offset + limit - 1)
         return self.many(ids)
 
-    def count(self, status: Status) -> int:
-        return int(self.redis.zcard(self.status_key(status)))
+    def count(self, status: Status, tenant: str | None = None) -> int:
+        return int(self.redis.zcard(self.status_key(status, tenant)))
 
     def counts(self) -> dict[Status, int]:
         """Bundles in every status, from the status indexes (one round trip, no scan)."""

@@ -6,7 +6,9 @@
 TRANSITION = """
 -- KEYS: bundle hash, old status index, new status index, events stream,
 --       event counters (hash), this minute's moves (hash), in-flight index,
---       [on creation only: booking-id index (hash), email index, correlation index]
+--       [on creation only: booking-id index (hash), email index, correlation index],
+--       [a tenant's bundle only, always last: its tenant's old and new status index]
+--       So #KEYS is 7 or 10 (creation) plus 2 for a tenant's bundle: 7, 9, 10 or 12.
 -- ARGV: expected version, new version, doc, new status, score, bundle id, stream maxlen,
 --       moves ttl, created score, in flight ('1' or ''), undo round (for `start`),
 --       booking id ('' but on creation),
@@ -39,8 +41,14 @@ if ARGV[10] == '1' then
 else
   redis.call('ZREM', KEYS[7], ARGV[6])
 end
+-- A tenant's status indexes, moved like the global ones, so that a tenant's lists page over
+-- its own bundles (a bundle's tenant never changes).
+if #KEYS == 9 or #KEYS == 12 then
+  if KEYS[#KEYS - 1] ~= KEYS[#KEYS] then redis.call('ZREM', KEYS[#KEYS - 1], ARGV[6]) end
+  redis.call('ZADD', KEYS[#KEYS], ARGV[5], ARGV[6])
+end
 -- Search indexes: these fields never change after creation, so they are written once, here.
-if #KEYS > 7 then
+if #KEYS >= 10 then
   redis.call('HSET', KEYS[8], ARGV[12], ARGV[6])
   redis.call('ZADD', KEYS[9], ARGV[9], ARGV[6])
   redis.call('ZADD', KEYS[10], ARGV[9], ARGV[6])

@@ -97,6 +97,9 @@ class Bundle(BaseModel):
     vip_bundle_id: str
     booking_id: str
     correlation_id: str
+    # Who owns it: the tenant of the API key that booked it over HTTP (shared/intake-api.md,
+    # "Tenants"); None for a bundle booked by an operator's key, the CLI or Celery.
+    tenant: str | None = None
     customer_email: str
     number_of_tickets: int
     show_id: str
@@ -127,12 +130,15 @@ class Bundle(BaseModel):
     starts: dict[str, int] = Field(default_factory=dict, exclude=True)
 
     @classmethod
-    def from_request(cls, request: BookVipBundle, correlation_id: str | None = None) -> Bundle:
+    def from_request(
+        cls, request: BookVipBundle, correlation_id: str | None = None, tenant: str | None = None
+    ) -> Bundle:
         bundle_id = str(request.vip_bundle_id or uuid.uuid4())
         return cls(
             vip_bundle_id=bundle_id,
             booking_id=booking_id_for(bundle_id),
             correlation_id=correlation_id or bundle_id,
+            tenant=tenant,
             customer_email=str(request.customer_email),
             number_of_tickets=request.number_of_tickets,
             show_id=str(request.show_id),
@@ -141,10 +147,12 @@ class Bundle(BaseModel):
             return_flight_id=str(request.return_flight_id),
         )
 
-    def same_request(self, request: BookVipBundle) -> bool:
-        """True when `request` asks for exactly what this bundle was created with."""
+    def same_request(self, request: BookVipBundle, tenant: str | None = None) -> bool:
+        """True when `request`, from `tenant`, asks for exactly what this bundle was created
+        with (an id another tenant holds names a different request)."""
         return (
-            self.customer_email == str(request.customer_email)
+            self.tenant == tenant
+            and self.customer_email == str(request.customer_email)
             and self.number_of_tickets == request.number_of_tickets
             and self.show_id == str(request.show_id)
             and self.passengers == list(request.passengers)

@@ -15,17 +15,20 @@ from tasks.saga import run_forward
 log = get_task_logger(__name__)
 
 
-def book_bundle(request: BookVipBundle, correlation_id: str | None = None) -> tuple[Bundle, bool]:
+def book_bundle(
+    request: BookVipBundle, correlation_id: str | None = None, tenant: str | None = None
+) -> tuple[Bundle, bool]:
     """Store a validated request and start its saga; the same id twice is one bundle.
 
-    Returns (bundle, created). Raises `InvalidRequest` if the id exists with another request.
+    Returns (bundle, created). Raises `InvalidRequest` if the id exists with another request
+    (or another tenant's). `tenant`: the owner, from the HTTP door's key.
     """
-    fresh = Bundle.from_request(request, correlation_id)
+    fresh = Bundle.from_request(request, correlation_id, tenant)
     bundle, created = store().create(fresh, saga.initialized(fresh))
     if created:
         # If this process dies before the chain is sent, the reconciler starts it.
         run_forward(bundle)
-    elif not bundle.same_request(request):
+    elif not bundle.same_request(request, tenant):
         raise InvalidRequest(
             f"vip_bundle_id: {bundle.vip_bundle_id} already names a different request",
             [{"field": "vip_bundle_id", "message": "already names a different request"}],

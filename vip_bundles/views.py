@@ -1,7 +1,7 @@
 """What the HTTP door shows: the bundle as JSON, its timeline, the state diagram, the page context.
 
 Pure functions from a `Bundle` (and the saga's TRANSITIONS) to plain data; the routes in
-`vip_bundles/api.py` and the templates render them. No Redis, no Celery here.
+`vip_bundles/http/` and the templates render them. No Redis, no Celery here.
 """
 
 from __future__ import annotations

@@ -301,7 +301,11 @@ def test_http_cancel_answers_404_409_422_and_202_again(saga: Saga, api: httpx.Cl
         r = api.post(f"/vip-bundles/{bid}/cancel", json=bad)
         assert r.status_code == 422, (bad, r.text)
         assert field in [e["field"] for e in r.json()["errors"]], r.json()
-    assert api.post(f"/vip-bundles/{bid}/cancel", content=b"{nope").status_code == 422
+    json_type = {"Content-Type": "application/json"}
+    assert (
+        api.post(f"/vip-bundles/{bid}/cancel", content=b"{nope", headers=json_type).status_code
+        == 422
+    )
 
 
 def test_celery_cancel_errors_name_the_problem(saga: Saga, interpreter: tests_outsider.Outsider):

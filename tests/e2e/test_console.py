@@ -27,8 +27,8 @@ from tests.e2e.browser import chromium_binary, parse, run_chromium
 from tests.e2e.test_cli import vip_bundles
 from tests.helpers import Saga, request
 from vip_bundles import local_stack
-from vip_bundles.access import ApiKey
 from vip_bundles.api import create_app
+from vip_bundles.guard.keys import ApiKey
 
 SETTLED = ("finalized", "failed", "cancelled", "compensation_failed")
 
@@ -260,14 +260,15 @@ def test_operator_doors_need_their_scopes_and_a_resume_names_the_key(
     api: httpx.Client, sim: SimulatorClient, saga: Saga
 ):
     bundle_id = parked(api, sim)["vip_bundle_id"]
-    keys = "k-viewer:read,k-ops:read+operate"
+    viewer_key, ops_key = "k-viewer-" + "4" * 32, "k-ops-" + "5" * 32
+    keys = f"{viewer_key}:read,{ops_key}:read+operate"
 
     async def calls() -> list[httpx.Response]:
         # In process, as a loopback client, behind the door's access middleware.
         transport = httpx.ASGITransport(app=create_app(keys), client=("127.0.0.1", 4711))
-        async with httpx.AsyncClient(transport=transport, base_url="http://door") as http:
-            viewer = {"Authorization": "Bearer k-viewer"}
-            ops = {"Authorization": "Bearer k-ops"}
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
+            viewer = {"Authorization": f"Bearer {viewer_key}"}
+            ops = {"Authorization": f"Bearer {ops_key}"}
             resume = f"/vip-bundles/{bundle_id}/resume"
             return [
                 await http.get("/"),
@@ -285,7 +286,7 @@ def test_operator_doors_need_their_scopes_and_a_resume_names_the_key(
     assert resumed.status_code == 202
     done = settle(api, bundle_id, until=("failed",))
     (entry,) = [h for h in done["history"] if h["event"] == "RollbackResumed"]
-    assert entry["detail"] == f"by={ApiKey(b'k-ops', frozenset()).name}"
+    assert entry["detail"] == f"by={ApiKey.of(ops_key, frozenset()).name}"
 
 
 def test_the_reconciler_takes_bundles_up_through_the_same_function(

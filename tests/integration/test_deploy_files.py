@@ -19,6 +19,7 @@ from adapters.metrics import Meter, RedisCollector
 from adapters.store import BundleStore
 from process_manager import saga
 from tests.factories import fresh_bundle
+from tests.needs import missing
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 METRIC = re.compile(r"\bvip_bundles_[a-z_]+\b")
@@ -85,7 +86,7 @@ def test_the_alert_rules_use_only_served_metrics(served: set[str]):
 def test_promtool_accepts_the_rules_and_their_unit_tests(command: str):
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("no promtool on PATH (apt-get install -y prometheus brings it)")
+        missing("no promtool on PATH (apt-get install -y prometheus brings it)")
     target = "prometheus-alerts.yml" if command == "check" else "prometheus-alerts.test.yml"
     done = subprocess.run(
         [promtool, command, "rules", target],

@@ -82,6 +82,23 @@ def test_status_indexes_follow_transitions(store: BundleStore):
     assert store.stale(Status.FAILED, unchanged_for_s=-1) == [bundle.vip_bundle_id]
 
 
+def test_a_tenants_status_indexes_follow_its_bundles_only(store: BundleStore):
+    fresh = fresh_bundle().model_copy(update={"tenant": "shop-a"})
+    mine, _ = store.create(fresh, saga.initialized(fresh))
+    other = created(store)  # no tenant: in the global indexes only
+    assert store.count(Status.INITIALIZED, tenant="shop-a") == 1
+    assert store.count(Status.INITIALIZED) == 2
+    store.apply(mine.vip_bundle_id, lambda b: saga.booking_failed(b, "sold out"))
+    store.apply(mine.vip_bundle_id, saga.failed)
+    assert store.count(Status.INITIALIZED, tenant="shop-a") == 0
+    assert store.count(Status.ROLLING_BACK, tenant="shop-a") == 0
+    failed = store.list(Status.FAILED, tenant="shop-a")
+    assert [(b.vip_bundle_id, b.tenant) for b in failed] == [(mine.vip_bundle_id, "shop-a")]
+    assert store.list(Status.INITIALIZED, tenant="shop-a") == []
+    assert [b.vip_bundle_id for b in store.list(Status.INITIALIZED)] == [other.vip_bundle_id]
+    assert store.count(Status.FAILED, tenant="shop-b") == 0
+
+
 def test_a_second_event_rides_in_the_same_write(store: BundleStore):
     # The return flight booked and the bundle finalized: two events, one transition script.
     bundle = created(store)

@@ -46,6 +46,7 @@ ORDER = [
     "7-bad-celery",
     "7-bad-http",
     "7-bad-http-headers",
+    "7-bad-http-cross-site",
     "7-garbage-celery",
     "7-garbage-hardened",
     "8-cancel-race",
@@ -162,6 +163,20 @@ NOTES: dict[str, str] = {
         "The same generated requests and arbitrary bytes posted to `POST /book-vip-bundle` "
         "(served by uvicorn in a thread): each answered 422 with `errors` naming the fields, "
         "never a 5xx, nothing stored, and the server still answers `/health`."
+    ),
+    "7-bad-http-headers": (
+        "Control characters other than tab never reach the door: uvicorn's strict parser "
+        "answers them its own 400 (tests/e2e/test_http_parser.py); what does reach it, "
+        "non-ASCII or over 128 characters, is a 422 naming `Correlation-ID`."
+    ),
+    "7-bad-http-cross-site": (
+        "Against `vip-bundles api` in a process of its own, with default settings but "
+        "`TRUSTED_PROXIES=127.0.0.1` (the test plays the proxy; no `API_KEYS`, so it serves "
+        "loopback clients only): bodies typed anything but `application/json` answer 415, "
+        "Hosts it does not serve 400, other sites' Origins 403, and `X-Forwarded-For` / "
+        "`Forwarded` chains (alone or both, whatever the client wrote before them) whose "
+        "last hop is a remote address 403. Each request carried a fresh `vip_bundle_id`: "
+        "*booked by refused requests* counts those found stored afterwards."
     ),
     "7-garbage-celery": (
         "Garbage that Celery and kombu already refuse (JSON only: a pickled task is refused, "

@@ -231,7 +231,7 @@ STOPS_A_STOCK_WORKER: list[tuple[str, GarbageMaker, str]] = [
     (
         "JSON on the list that is not an envelope",
         lambda s: s.redis.lpush(INTAKE, json.dumps({"not": "an envelope"})),
-        "not a message (KeyError",
+        "not a message (no properties.delivery_tag",
     ),
     (
         "a task body that is an object, not [args, kwargs, embed]",
@@ -354,21 +354,32 @@ def test_malformed_requests_to_the_http_door_answer_422_and_store_nothing(redis_
 
 def test_hostile_headers_and_bodies_never_get_a_500(redis_url, record):
     """Correlation-ID values of any length and character, bodies nested to any depth or over
-    the size limit, unknown headers: each gets its `{"errors": [...]}` answer, never a 500."""
+    the size limit, unknown headers: each gets its `{"errors": [...]}` answer, never a 500;
+    a control character (but tab) gets the HTTP parser's own 400 and never reaches the app."""
     from tests.e2e.api_server import api_server
 
     answers: list[int] = []
+    parser_400s: list[str] = []
     before = sum(session_store().count(status) for status in Status)
     with api_server() as url, httpx.Client(base_url=url, timeout=30) as http:
 
-        def post(content: bytes, headers: dict[str, Any] | None = None) -> httpx.Response:
+        def post(
+            content: bytes, headers: dict[str, Any] | None = None, parser_refuses: bool = False
+        ) -> httpx.Response:
             try:
-                response = http.post("/book-vip-bundle", content=content, headers=headers)
+                json_type = {"Content-Type": "application/json"}
+                response = http.post(
+                    "/book-vip-bundle", content=content, headers={**json_type, **(headers or {})}
+                )
             except httpx.LocalProtocolError:  # the client itself will not send that header
                 assume(False)
             answers.append(response.status_code)
             assert response.status_code < 500, response.text
-            assert response.json()["errors"], response.text
+            if parser_refuses:  # uvicorn's own plain 400: nothing reached the app
+                assert response.status_code == 400, response.text
+                assert not response.headers["content-type"].startswith("application/json")
+            else:
+                assert response.json()["errors"], response.text
             return response
 
         correlation_ids = st.text(
@@ -380,8 +391,13 @@ def test_hostile_headers_and_bodies_never_get_a_500(redis_url, record):
         @settings(EXAMPLES, max_examples=60)
         @given(correlation_ids)
         def correlation_id(value: str) -> None:
-            # As bytes: httpx would encode a str header as ASCII only.
-            response = post(b"{}", {"Correlation-ID": value.encode("latin-1")})
+            # As bytes: httpx would encode a str header as ASCII only. The parser refuses
+            # control characters but tab (C0 and DEL) with its own 400; the rest reaches the app.
+            refused = any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value)
+            response = post(b"{}", {"Correlation-ID": value.encode("latin-1")}, refused)
+            if refused:
+                parser_400s.append(value)
+                return
             bad = len(value) > 128 or any(not 32 <= ord(c) <= 126 for c in value)
             fields = [e["field"] for e in response.json()["errors"]]
             if bad:
@@ -432,6 +448,7 @@ def test_hostile_headers_and_bodies_never_get_a_500(redis_url, record):
         ],
         bundles=0,
         answered_4xx=sum(1 for a in answers if 400 <= a < 500),
+        parser_400=len(parser_400s),
         answered_5xx=sum(1 for a in answers if a >= 500),
         served_after=alive,
     )
@@ -443,3 +460,128 @@ def _empty_report(stored: int) -> Report:
     report = Report()
     report.counts.bundles = stored
     return report
+
+
+# --- the HTTP door: cross-site, rebinding and forged proxy headers ------------------------------
+
+REMOTE_ADDRESSES = st.sampled_from(["203.0.113.9", "198.51.100.23", "2001:db8::7", "192.0.2.1"])
+LOOPBACK_ADDRESSES = st.sampled_from(["127.0.0.1", "127.0.0.2", "::1"])
+
+
+def _forwarding(chain: list[str], kind: str) -> dict[str, str]:
+    xff = ", ".join(chain)
+    forwarded = ", ".join(f'for="[{a}]"' if ":" in a else f"for={a}" for a in chain)
+    return {
+        "xff": {"X-Forwarded-For": xff},
+        "forwarded": {"Forwarded": forwarded},
+        "both": {"X-Forwarded-For": ", ".join(reversed(chain)), "Forwarded": forwarded},
+    }[kind]
+
+
+def test_cross_site_requests_and_forged_proxy_headers_are_refused(redis_url, logdir, record):
+    """Against `vip-bundles api` in its own process (no API_KEYS: loopback clients only; the
+    test is its trusted proxy): bodies that are not JSON, Hosts it does not serve, other sites'
+    Origins, and forwarding headers naming a remote client. Each is refused with its status in
+    the `{"errors": [...]}` shape, never a 5xx, and books nothing."""
+    from tests.e2e.api_server import start_door
+
+    door = start_door(logdir, {"TRUSTED_PROXIES": "127.0.0.1"})
+    answers: list[int] = []
+    ids: list[str] = []
+    before = sum(session_store().count(status) for status in Status)
+
+    def post(http: httpx.Client, headers: dict[str, str], body: bytes | None = None) -> int:
+        if body is None:
+            bundle_id = str(uuid.uuid4())
+            ids.append(bundle_id)
+            body = json.dumps({**_valid_request(), "vip_bundle_id": bundle_id}).encode()
+        try:
+            response = http.post("/book-vip-bundle", content=body, headers=headers)
+        except httpx.LocalProtocolError:  # the client itself will not send that header
+            assume(False)
+        answers.append(response.status_code)
+        assert response.status_code < 500, response.text
+        assert response.json()["errors"][0]["field"], response.text
+        return response.status_code
+
+    try:
+        with httpx.Client(base_url=door.url, timeout=30) as http:
+            json_type = {"Content-Type": "application/json"}
+
+            @settings(EXAMPLES, max_examples=30)
+            @given(
+                st.sampled_from(
+                    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
+                )
+                | st.from_regex(r"\A[a-z]{1,12}/[a-z0-9.+-]{1,20}(; ?charset=utf-8)?\Z").filter(
+                    lambda t: t.split(";")[0] != "application/json"
+                )
+            )
+            def content_type(value: str) -> None:
+                assert post(http, {"Content-Type": value}) == 415
+
+            @settings(EXAMPLES, max_examples=30)
+            @given(
+                st.from_regex(r"\A[a-z0-9][a-z0-9.-]{0,30}(:[0-9]{1,5})?\Z").filter(
+                    lambda h: h.split(":")[0].rstrip(".") not in ("localhost", "127.0.0.1")
+                )
+            )
+            def host(value: str) -> None:
+                assert post(http, {**json_type, "Host": value}) == 400
+
+            @settings(EXAMPLES, max_examples=30)
+            @given(
+                st.sampled_from(["http", "https"]),
+                st.from_regex(r"\A[a-z0-9][a-z0-9.-]{0,30}\Z"),
+                st.integers(min_value=1, max_value=65535),
+            )
+            def origin(scheme: str, name: str, port: int) -> None:
+                assume((scheme, name, port) != ("http", "127.0.0.1", door.port))
+                value = f"{scheme}://{name}:{port}"
+                assert post(http, {**json_type, "Origin": value}) == 403
+
+            @settings(EXAMPLES, max_examples=30)
+            @given(
+                st.lists(LOOPBACK_ADDRESSES | REMOTE_ADDRESSES, max_size=3),
+                REMOTE_ADDRESSES,
+                st.sampled_from(["xff", "forwarded", "both"]),
+            )
+            def forged(written: list[str], seen: str, kind: str) -> None:
+                # Whatever the client wrote, the proxy appended the address it saw: remote.
+                assert post(http, {**json_type, **_forwarding([*written, seen], kind)}) == 403
+
+            content_type()
+            host()
+            origin()
+            forged()
+            alive = http.get("/health").status_code
+    finally:
+        door.stop()
+    after = sum(session_store().count(status) for status in Status)
+    stored = [i for i in ids if session_store().get(i) is not None]
+    record(
+        "7-bad-http-cross-site",
+        "Bad input: cross-site, rebinding and forged proxy headers",
+        _empty_report(after - before),
+        faults=[
+            f"{len(answers)} refused POST /book-vip-bundle to `vip-bundles api` (hypothesis: "
+            "30 non-JSON content types, 30 foreign Hosts, 30 foreign Origins, 30 forged "
+            "X-Forwarded-For / Forwarded chains naming a remote client)"
+        ],
+        bundles=0,
+        answered_415=answers.count(415),
+        answered_400=answers.count(400),
+        answered_403=answers.count(403),
+        answered_5xx=sum(1 for a in answers if a >= 500),
+        booked_by_refused_requests=len(stored),
+        served_after=alive,
+    )
+    assert stored == []
+    assert after == before
+    assert alive == 200
+
+
+def _valid_request() -> dict[str, Any]:
+    from tests.helpers import request
+
+    return request()
