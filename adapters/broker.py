@@ -13,7 +13,9 @@ Pickled bodies, undecodable bodies and unknown task names are already refused by
 publish, ack and event (about a tenth of a worker's CPU). It drops and logs entries that are
 not envelopes; `Consumer` refuses (logs, rejects
 without requeue) task messages it cannot build a request from. Both are enabled in
-celeryconfig with `broker_transport` (Redis only) and `worker_consumer`.
+celeryconfig with `broker_transport` (Redis only) and `worker_consumer`. `SentinelTransport`
+is the same on a `sentinel://` broker (REDIS_SENTINELS): kombu asks the sentinels for the
+master each time it connects, so a worker, beat or Flower follows a failover by reconnecting.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 from celery.exceptions import InvalidTaskError
 from celery.worker.consumer import Consumer as CeleryConsumer
-from kombu.transport import redis
+from kombu.transport import TRANSPORT_ALIASES, redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,20 @@ class Channel(redis.Channel):
 
 class Transport(redis.Transport):
     Channel = Channel
+
+
+class SentinelChannel(Channel, redis.SentinelChannel):
+    """Our channel, connected through Redis Sentinel (kombu's SentinelChannel finds the pool)."""
+
+
+class SentinelTransport(redis.SentinelTransport):
+    Channel = SentinelChannel
+
+
+# After a connection error kombu switches to the next `sentinel://` address of the broker URL
+# and resolves its transport again from the URL's scheme, which would drop the transport that
+# celeryconfig names for this one: in processes that use it, `sentinel` means ours.
+TRANSPORT_ALIASES["sentinel"] = f"{__name__}:SentinelTransport"
 
 
 class Consumer(CeleryConsumer):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,6 +18,18 @@ class Settings(BaseSettings):
     # Bundle state and the events stream live under it. The broker's queues and the results do
     # not: they keep the contract's names (deployments sharing a Redis use a database each).
     key_prefix: str = "vip-bundles:"
+    # High availability: `host:port,host:port,...` of Redis Sentinels. Every Redis connection
+    # (state, results, the broker unless BROKER_URL names another) then asks them for the
+    # master named REDIS_SENTINEL_MASTER; the database number and password stay in REDIS_URL.
+    redis_sentinels: str | None = None
+    redis_sentinel_master: str | None = None
+    redis_sentinel_password: SecretStr | None = None  # when the sentinels ask for one
+    # How long a Redis command keeps retrying (with backoff) through a failover before it
+    # fails: longer than the sentinels' down-after-milliseconds plus their election.
+    redis_failover_wait_s: float = Field(default=30.0, gt=0)
+    # The answer of a booking or a cancel waits at most this long for a replica to have the
+    # write it confirms (Redis WAIT), when the master has a replica; else it is not given.
+    replica_ack_timeout_s: float = Field(default=2.0, gt=0)
     events_stream_maxlen: int = 1_000_000
 
     # The HTTP door's keys, `key:scope+scope,...` (vip_bundles/access.py). Secret: never shown
@@ -66,8 +78,29 @@ class Settings(BaseSettings):
     # How often the console refreshes its numbers (from /dashboard.json).
     console_refresh_s: float = Field(default=5.0, gt=0)
 
+    @model_validator(mode="after")
+    def _sentinels_need_a_master(self) -> Settings:
+        if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
+            missing = "REDIS_SENTINEL_MASTER" if self.redis_sentinels else "REDIS_SENTINELS"
+            raise ValueError(f"{missing}: required with the other one (Redis Sentinel)")
+        self.sentinel_addresses  # noqa: B018 (parsed: a malformed entry is refused at start)
+        return self
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """REDIS_SENTINELS as (host, port) pairs; [] without Sentinel."""
+        pairs = []
+        for entry in filter(None, (e.strip() for e in (self.redis_sentinels or "").split(","))):
+            host, _, port = entry.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"REDIS_SENTINELS: {entry!r} is not host:port")
+            pairs.append((host.strip("[]"), int(port)))
+        return pairs
+
     @property
     def broker(self) -> str:
+        """The broker's URL as configured; with sentinels and no BROKER_URL, celeryconfig
+        turns REDIS_URL into Celery's own Sentinel URL (adapters/redis_connection.py)."""
         return self.broker_url or self.redis_url
 
     @property
