@@ -21,12 +21,12 @@ from urllib.parse import quote
 
 from redis import Redis
 from redis.backoff import ExponentialBackoff
-from redis.connection import parse_url
+from redis.connection import SSLConnection, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPool
+from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
 if TYPE_CHECKING:
     from adapters.settings import Settings
@@ -45,6 +45,28 @@ class NotReplicated(RedisError):
     """No replica acknowledged a write in time: what it would confirm is not yet safe from a
     failover, so it is not confirmed (the HTTP door answers 503, the Celery door raises; the
     same request sent again is idempotent)."""
+
+
+class MasterConnection(SentinelManagedConnection):
+    """A connection to the master Sentinel names, also when it reconnects mid-command.
+
+    redis-py (8.1) reconnects a connection that broke in the middle of a command through
+    `Connection.send_packed_command` -> `connect_check_health`, to the address it had, not
+    through `connect()`, which asks the sentinels: a call in flight when the master died would
+    retry the dead master until its retries ran out (~REDIS_FAILOVER_WAIT_S, for each try).
+    Ask the sentinels first here too; a failed connect is retried by the command's retry.
+    """
+
+    def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if not self._sock and self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(check_health=check_health, retry_socket_connect=False)
+
+
+class MasterSSLConnection(MasterConnection, SSLConnection):
+    pass
 
 
 def redis_client(settings: Settings) -> Redis:
@@ -103,8 +125,8 @@ def _master_kwargs(redis_url: str) -> dict[str, Any]:
     for key in ("username", "password"):
         if parsed.get(key):
             kwargs[key] = parsed[key]
-    if redis_url.startswith("rediss://"):
-        kwargs["ssl"] = True
+    tls = redis_url.startswith("rediss://")
+    kwargs["connection_class"] = MasterSSLConnection if tls else MasterConnection
     return kwargs
 
 
@@ -117,7 +139,7 @@ def celery_sentinel_url(settings: Settings) -> str:
     The database number goes on every address: kombu and Celery read it (and the password)
     from the first one only, so `sentinel://h1:p1;sentinel://h2:p2/3` would mean database 0.
     """
-    master = _master_kwargs(settings.redis_url)
+    master = _master_kwargs(settings.redis_url)  # TLS (rediss://): not in this URL form
     auth = ""
     if "password" in master:
         user = quote(master.get("username", ""), safe="")

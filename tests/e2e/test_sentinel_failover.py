@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,3 +212,30 @@ def test_a_door_1_caller_books_through_the_sentinels_with_celerys_own_settings(
     bundle_id = outsider(tmp_path).run(code, ha.stack.redis_url).strip()
 
     assert ha.wait(bundle_id).status is Status.FINALIZED
+
+
+def test_no_answer_before_a_replica_has_the_bundle_and_the_same_request_again_is_answered(
+    promoted: Promoted, sim
+):
+    """The replica stops acknowledging (SIGSTOP): the HTTP door answers 503 in the errors
+    shape and the Celery door raises, instead of confirming what a failover could lose; once
+    it is back, the same request is answered with the same ids (idempotent)."""
+    ha, body = promoted.ha, request(vip_bundle_id=str(uuid.uuid4()))
+    replica = next(n for n in ha.stack.data if n.port != ha.stack.master_port())
+    assert replica.process is not None
+    replica.process.send_signal(signal.SIGSTOP)
+    try:
+        refused = httpx.post(f"{ha.url}/book-vip-bundle", json=body, timeout=60)
+        celery = ha.app.send_task("vip_bundle.book", kwargs=request(), queue="vip-bundles")
+        with pytest.raises(Exception, match="no replica acknowledged"):
+            celery.get(timeout=60)
+    finally:
+        replica.process.send_signal(signal.SIGCONT)
+    ha.stack.wait_settled()
+    again = httpx.post(f"{ha.url}/book-vip-bundle", json=body, timeout=60)
+
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["errors"][0]["field"] == "redis"
+    assert again.status_code == 201, again.text
+    assert again.json()["vip_bundle_id"] == body["vip_bundle_id"]
+    assert ha.wait(body["vip_bundle_id"]).status is Status.FINALIZED

@@ -167,6 +167,8 @@ class SentinelStack:
             broker_transport="adapters.broker:SentinelTransport",
             broker_transport_options={"visibility_timeout": 3600, **options},
             result_backend_transport_options=options,
+            result_backend_always_retry=True,
+            result_backend_max_retries=30,
         )
         return app
 
