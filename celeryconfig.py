@@ -64,8 +64,22 @@ INTAKE_QUEUE = "vip-bundles"
 BOOKING_QUEUE = "vip-bundles.booking"
 COMPENSATION_QUEUE = "vip-bundles.compensation"
 _exchange = Exchange("vip-bundles", type="direct")
+_queue_arguments: dict[str, str] = {}
+if broker_url.startswith(("amqp://", "amqps://", "pyamqp://")) and _s.broker_queue_type == "quorum":
+    # RabbitMQ in HA: quorum queues (replicated with Raft across the cluster). A publish
+    # returns once a quorum of the queue's replicas has it (publisher confirms). Quorum queues
+    # have no global QoS: Celery detects them and sets the prefetch per consumer. Celery's
+    # native delayed delivery (countdown/ETA on quorum queues) needs a topic exchange; no task
+    # here is sent with a countdown or ETA, so none waits in a worker's memory. A caller that
+    # declares the queues must declare them quorum too (README, "RabbitMQ").
+    _queue_arguments = {"x-queue-type": "quorum"}
+    broker_transport_options = {"confirm_publish": True}
+    task_default_queue_type = "quorum"
+    task_create_missing_queue_type = "quorum"
+    worker_detect_quorum_queues = True
 task_queues = [
-    Queue(q, _exchange, routing_key=q) for q in (INTAKE_QUEUE, BOOKING_QUEUE, COMPENSATION_QUEUE)
+    Queue(q, _exchange, routing_key=q, queue_arguments=_queue_arguments or None)
+    for q in (INTAKE_QUEUE, BOOKING_QUEUE, COMPENSATION_QUEUE)
 ]
 task_default_queue = BOOKING_QUEUE
 task_default_exchange = "vip-bundles"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,6 +16,9 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str | None = None  # e.g. amqp://guest:guest@127.0.0.1:5672// ; default REDIS_URL
     result_backend: str | None = None  # default REDIS_URL
+    # On RabbitMQ: "quorum" declares the queues as quorum queues (replicated, for a RabbitMQ
+    # cluster); "classic" keeps RabbitMQ's default. Callers must declare the same type.
+    broker_queue_type: Literal["classic", "quorum"] = "classic"
     # Bundle state and the events stream live under it. The broker's queues and the results do
     # not: they keep the contract's names (deployments sharing a Redis use a database each).
     key_prefix: str = "vip-bundles:"

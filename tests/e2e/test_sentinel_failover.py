@@ -10,6 +10,7 @@ replica (SENTINEL FAILOVER) and checks the same process works on the new master.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pytest_examples import find_examples
 
 from adapters.store import BundleStore
 from process_manager.bundle import FINAL, Bundle, Status
@@ -194,24 +196,26 @@ def test_the_cli_books_reads_and_cancels_on_the_new_master(promoted: Promoted, s
 def test_a_door_1_caller_books_through_the_sentinels_with_celerys_own_settings(
     promoted: Promoted, sim, tmp_path: Path
 ):
-    """Only `celery[redis]` installed, the settings the README gives (intake contract), after
-    the promotion: Celery asks the sentinels for the master, as our processes do."""
+    """The README's snippet, run with only `celery[redis]` installed after the promotion (its
+    example addresses and master name replaced by the stack's): Celery asks the sentinels for
+    the master, as our processes do (intake contract, "Redis high availability")."""
     ha = promoted.ha
-    sentinels = ";".join(f"sentinel://127.0.0.1:{s.port}/0" for s in ha.stack.sentinels)
-    code = f"""
-        from celery import Celery
+    [snippet] = [
+        e.source
+        for e in find_examples(local_stack.ROOT / "README.md")
+        if e.prefix == "python" and "sentinel://" in e.source
+    ]
+    for example, sentinel in zip(README_SENTINELS, ha.stack.sentinels, strict=True):
+        snippet = snippet.replace(example, f"127.0.0.1:{sentinel.port}")
+    snippet = snippet.replace('"master_name": "vip-bundles"', f'"master_name": "{MASTER_NAME}"')
+    out = outsider(tmp_path).run(snippet, ha.stack.redis_url)
+    bundle_id = re.search(r"'vip_bundle_id': '([0-9a-f-]{36})'", out)
 
-        SENTINELS = {sentinels!r}
-        app = Celery(broker=SENTINELS, backend=SENTINELS)
-        app.conf.broker_transport_options = {{"master_name": {MASTER_NAME!r}}}
-        app.conf.result_backend_transport_options = {{"master_name": {MASTER_NAME!r}}}
-        request = {request()!r}
-        answer = app.send_task("vip_bundle.book", kwargs=request, queue="vip-bundles")
-        print(answer.get(timeout=60)["vip_bundle_id"])
-    """
-    bundle_id = outsider(tmp_path).run(code, ha.stack.redis_url).strip()
+    assert bundle_id, out
+    assert ha.wait(bundle_id.group(1)).status is Status.FINALIZED
 
-    assert ha.wait(bundle_id).status is Status.FINALIZED
+
+README_SENTINELS = ("10.0.0.1:26379", "10.0.0.2:26379", "10.0.0.3:26379")
 
 
 def test_no_answer_before_a_replica_has_the_bundle_and_the_same_request_again_is_answered(
