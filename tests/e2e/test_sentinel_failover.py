@@ -65,7 +65,20 @@ class HA:
         )
         self.processes.append(self.door)
         self.url = f"http://127.0.0.1:{port}"
+        flower_port = str(local_stack.free_port())
+        self.flower_url = f"http://127.0.0.1:{flower_port}"
+        self.flower = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tasks", "flower", f"--port={flower_port}"],
+            env={**self.env, "FLOWER_UNAUTHENTICATED_API": "true"},
+            cwd=local_stack.ROOT,
+            preexec_fn=local_stack.die_with_parent,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=(logdir / "flower.log").open("w"),
+        )
+        self.processes.append(self.flower)
         local_stack.wait_for_http(f"{self.url}/health")
+        local_stack.wait_for_http(f"{self.flower_url}/metrics")
 
     def book(self, body: dict[str, Any]) -> str:
         answer = self.app.send_task("vip_bundle.book", kwargs=body, queue="vip-bundles")
@@ -166,6 +179,17 @@ def test_beat_keeps_sending_after_a_promotion_without_a_restart(promoted: Promot
         lambda: ha.reconciles() >= promoted.reconciles_at_promotion + 3, 60, "reconciles after it"
     )
     assert ha.beat.poll() is None
+
+
+def test_flower_sees_the_workers_after_a_promotion_without_a_restart(promoted: Promoted):
+    ha = promoted.ha
+
+    def workers() -> list[str]:
+        answer = httpx.get(f"{ha.flower_url}/api/workers?refresh=1", timeout=30)
+        return list(answer.json()) if answer.status_code == 200 else []
+
+    local_stack._wait(lambda: ha.worker.name in workers(), 60, "Flower to list the worker")
+    assert ha.flower.poll() is None
 
 
 def test_the_cli_books_reads_and_cancels_on_the_new_master(promoted: Promoted, sim):
