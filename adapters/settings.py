@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -82,24 +82,24 @@ class Settings(BaseSettings):
     # How often the console refreshes its numbers (from /dashboard.json).
     console_refresh_s: float = Field(default=5.0, gt=0)
 
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels_are_host_ports(cls, value: str | None) -> str | None:
+        if value is not None:
+            host_ports(value)  # a malformed entry is refused at start, naming the variable
+        return value
+
     @model_validator(mode="after")
     def _sentinels_need_a_master(self) -> Settings:
         if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
             missing = "REDIS_SENTINEL_MASTER" if self.redis_sentinels else "REDIS_SENTINELS"
             raise ValueError(f"{missing}: required with the other one (Redis Sentinel)")
-        self.sentinel_addresses  # noqa: B018 (parsed: a malformed entry is refused at start)
         return self
 
     @property
     def sentinel_addresses(self) -> list[tuple[str, int]]:
         """REDIS_SENTINELS as (host, port) pairs; [] without Sentinel."""
-        pairs = []
-        for entry in filter(None, (e.strip() for e in (self.redis_sentinels or "").split(","))):
-            host, _, port = entry.rpartition(":")
-            if not host or not port.isdigit():
-                raise ValueError(f"REDIS_SENTINELS: {entry!r} is not host:port")
-            pairs.append((host.strip("[]"), int(port)))
-        return pairs
+        return host_ports(self.redis_sentinels or "")
 
     @property
     def broker(self) -> str:
@@ -110,6 +110,17 @@ class Settings(BaseSettings):
     @property
     def backend(self) -> str:
         return self.result_backend or self.redis_url
+
+
+def host_ports(value: str) -> list[tuple[str, int]]:
+    """`host:port,host:port,...` (IPv6 hosts in brackets) as (host, port) pairs."""
+    pairs = []
+    for entry in filter(None, (e.strip() for e in value.split(","))):
+        host, _, port = entry.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"REDIS_SENTINELS: {entry!r} is not host:port")
+        pairs.append((host.strip("[]"), int(port)))
+    return pairs
 
 
 @lru_cache(maxsize=1)

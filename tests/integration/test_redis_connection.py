@@ -4,6 +4,7 @@ only once a replica has it (Redis WAIT)."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import threading
 import time
@@ -17,12 +18,11 @@ from adapters.store import BundleStore
 from process_manager import saga
 from tests.factories import fresh_bundle
 from tests.reliability.sentinel_stack import SentinelStack
-from vip_bundles import local_stack
 
 
 @pytest.fixture
 def ha() -> Iterator[SentinelStack]:
-    if not local_stack.shutil.which("redis-server"):
+    if not shutil.which("redis-server"):
         pytest.skip("redis-server is not installed")
     stack = SentinelStack()
     yield stack
@@ -99,3 +99,25 @@ def test_sentinel_settings_are_checked_at_start():
         Settings(redis_sentinels="127.0.0.1:26379")
     with pytest.raises(ValueError, match="REDIS_SENTINELS: 'nohost' is not host:port"):
         Settings(redis_sentinels="nohost", redis_sentinel_master="m")
+
+
+def test_passwords_come_from_redis_url_and_redis_sentinel_password():
+    """The servers ask for a password (from REDIS_URL, quoted there) and so do the sentinels
+    (REDIS_SENTINEL_PASSWORD): the store's client and Celery's broker and backend get in."""
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server is not installed")
+    stack = SentinelStack(password="p@ss:w/rd%", sentinel_password="sentinel-secret")
+    try:
+        client = stack.client()
+        client.set("k", "v")
+        assert client.get("k") == b"v"
+        app = stack.celery_app()
+        app.backend.set("result-key", "42")
+        assert app.backend.get("result-key") == b"42"
+        with app.connection_for_write() as conn:
+            queue = conn.SimpleQueue("vip-bundles-password-check")
+            queue.put({"hello": "sentinel"})
+            assert queue.get(timeout=10).payload == {"hello": "sentinel"}
+            queue.close()
+    finally:
+        stack.close()

@@ -12,9 +12,9 @@ import contextlib
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 from celery import Celery
@@ -33,6 +33,7 @@ class Node:
     port: int
     workdir: Path
     args: list[str]
+    password: str | None = field(default=None, repr=False)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> None:
@@ -46,10 +47,15 @@ class Node:
         local_stack._wait(self.answers, 15, f"redis-server on port {self.port}")
 
     def answers(self) -> bool:
-        return local_stack.redis_answers(f"redis://127.0.0.1:{self.port}")
+        try:
+            return bool(self.client().ping())
+        except (redis.RedisError, OSError):
+            return False
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=5, socket_connect_timeout=1)
+        return redis.Redis(
+            port=self.port, password=self.password, socket_timeout=5, socket_connect_timeout=1
+        )
 
     def kill(self) -> None:
         """SIGKILL: no goodbye, whatever the replica did not get yet is gone."""
@@ -63,7 +69,16 @@ class Node:
 
 
 class SentinelStack:
-    def __init__(self, down_after_ms: int = 1000, failover_timeout_ms: int = 3000) -> None:
+    def __init__(
+        self,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 3000,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+    ) -> None:
+        """`password`: the Redis servers' (requirepass, masterauth); `sentinel_password`:
+        the sentinels' own."""
+        self.password, self.sentinel_password = password, sentinel_password
         if shutil.which("redis-server") is None:
             raise FileNotFoundError("redis-server is not on PATH")
         self._tmp = tempfile.TemporaryDirectory(prefix="vip-bundles-sentinel-")
@@ -102,7 +117,9 @@ class SentinelStack:
         ]
         if replica_of is not None:
             args += ["--replicaof", "127.0.0.1", str(replica_of)]
-        node = Node(port, workdir, args)
+        if self.password:
+            args += ["--requirepass", self.password, "--masterauth", self.password]
+        node = Node(port, workdir, args, self.password)
         node.start()
         self.data.append(node)
         return node
@@ -118,8 +135,16 @@ class SentinelStack:
             f"sentinel down-after-milliseconds {MASTER_NAME} {down_ms}\n"
             f"sentinel failover-timeout {MASTER_NAME} {failover_ms}\n"
             f"sentinel parallel-syncs {MASTER_NAME} 1\n"
+            + (f"sentinel auth-pass {MASTER_NAME} {self.password}\n" if self.password else "")
+            + (
+                f"requirepass {self.sentinel_password}\n"
+                f"sentinel sentinel-pass {self.sentinel_password}\n"
+                if self.sentinel_password
+                else ""
+            )
         )
-        node = Node(port, workdir, [shutil.which("redis-server") or "", str(conf), "--sentinel"])
+        args = [shutil.which("redis-server") or "", str(conf), "--sentinel"]
+        node = Node(port, workdir, args, self.sentinel_password)
         node.start()
         self.sentinels.append(node)
         return node
@@ -133,14 +158,18 @@ class SentinelStack:
     def redis_url(self) -> str:
         """REDIS_URL: the database number (and password) for the master; its host is the first
         master's, so a process that ignored the sentinels would be caught talking to it."""
-        return f"redis://127.0.0.1:{self.data[0].port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.data[0].port}/0"
 
     def env(self) -> dict[str, str]:
-        return {
+        env = {
             "REDIS_URL": self.redis_url,
             "REDIS_SENTINELS": self.sentinel_list,
             "REDIS_SENTINEL_MASTER": MASTER_NAME,
         }
+        if self.sentinel_password:
+            env["REDIS_SENTINEL_PASSWORD"] = self.sentinel_password
+        return env
 
     def settings(self) -> Settings:
         return Settings(
@@ -148,6 +177,7 @@ class SentinelStack:
             redis_sentinels=self.sentinel_list,
             redis_sentinel_master=MASTER_NAME,
             redis_failover_wait_s=60,
+            redis_sentinel_password=self.sentinel_password,
         )
 
     def client(self) -> redis.Redis:
@@ -273,7 +303,3 @@ def _in_sync(replica: dict) -> bool:
     """A replica the sentinels could promote: up, linked to its master."""
     down = replica.get("is_sdown") or replica.get("is_odown") or replica.get("is_disconnected")
     return not down and replica.get("master-link-status") == "ok"
-
-
-def polling(check: Callable[[], bool], timeout: float, what: str) -> None:
-    local_stack._wait(check, timeout, what)
