@@ -4,8 +4,11 @@ only once a replica has it (Redis WAIT)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +21,7 @@ from adapters.store import BundleStore
 from process_manager import saga
 from tests.factories import fresh_bundle
 from tests.reliability.sentinel_stack import SentinelStack
+from vip_bundles import local_stack
 
 
 @pytest.fixture
@@ -121,3 +125,30 @@ def test_passwords_come_from_redis_url_and_redis_sentinel_password():
             queue.close()
     finally:
         stack.close()
+
+
+def test_celery_gets_the_sentinels_in_its_own_form_with_the_database_on_every_address():
+    """celeryconfig, as a worker loads it with REDIS_SENTINELS set (read once per process)."""
+    env = local_stack.celery_env(
+        REDIS_URL="redis://:pw@ignored-host:6379/3",
+        REDIS_SENTINELS="10.0.0.1:26379,10.0.0.2:26380",
+        REDIS_SENTINEL_MASTER="vip-bundles",
+        REDIS_SENTINEL_PASSWORD="s3cret",
+    )
+    env.pop("BROKER_URL", None)
+    env.pop("RESULT_BACKEND", None)
+    code = (
+        "import json, celeryconfig as c; print(json.dumps([c.broker_url, c.result_backend, "
+        "c.broker_transport, c.broker_transport_options, c.result_backend_transport_options]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    broker, backend, transport, broker_options, backend_options = json.loads(done.stdout)
+
+    assert broker == backend == "sentinel://:pw@10.0.0.1:26379/3;sentinel://:pw@10.0.0.2:26380/3"
+    assert transport == "adapters.broker:SentinelTransport"
+    for options in (broker_options, backend_options):
+        assert options["master_name"] == "vip-bundles"
+        assert options["sentinel_kwargs"] == {"password": "s3cret"}
