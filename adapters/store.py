@@ -244,10 +244,14 @@ class BundleStore(BundleQueries):
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(key, "version")
         pipe.execute_command("ROLE")
-        stored, role = pipe.execute()
+        stored, role = pipe.execute(raise_on_error=False)
+        if isinstance(stored, Exception):
+            raise stored
         if stored is None or int(stored) < version:
             raise NotReplicated(f"bundle {bundle_id}: version {version} is not on the master")
-        if len(role) < 3 or not role[2]:  # a master without replicas: nothing to wait for
+        # A master without replicas has nothing to wait for; nor can we tell where ROLE is
+        # refused (some managed Redis services rename it): they replicate by their own rules.
+        if isinstance(role, Exception) or len(role) < 3 or not role[2]:
             return
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(key, "version")
