@@ -5,12 +5,16 @@ Values come from the environment through `adapters.settings`; see the README for
 
 from kombu import Exchange, Queue
 
+from adapters import redis_connection
 from adapters.settings import get_settings
 
 _s = get_settings()
 
-broker_url = _s.broker
-result_backend = _s.backend
+# With REDIS_SENTINELS, Redis is reached through Celery's own Sentinel support (the master's
+# database number and password from REDIS_URL): the same settings a Door 1 caller uses.
+_redis = redis_connection.celery_sentinel_url(_s) if _s.redis_sentinels else _s.redis_url
+broker_url = _s.broker_url or _redis
+result_backend = _s.result_backend or _redis
 
 # JSON only: a pickled message is refused by the worker, never executed.
 task_serializer = "json"
@@ -29,8 +33,9 @@ result_expires = _s.result_expires_s
 # No `global_keyprefix`: queues and result keys keep the contract's names, so a caller with
 # only `celery` finds them (shared/intake-api.md). Deployments sharing a Redis use a database
 # number each; KEY_PREFIX prefixes only our own state and stream keys.
-_redis_options = {"visibility_timeout": _s.visibility_timeout_s}
-if broker_url.startswith(("redis://", "rediss://")):
+_redis_options: dict = {"visibility_timeout": _s.visibility_timeout_s}
+_sentinel_options = redis_connection.celery_transport_options(_s) if _s.redis_sentinels else {}
+if broker_url.startswith(("redis://", "rediss://", "sentinel://")):
     # Look for abandoned unacked messages every 10 s, not kombu's 10 x 10 s.
     broker_transport_options = {
         **_redis_options,
@@ -39,8 +44,16 @@ if broker_url.startswith(("redis://", "rediss://")):
     }
     # Drops (and logs) list entries that are not messages instead of dying on them.
     broker_transport = "adapters.broker:Transport"
-if result_backend.startswith(("redis://", "rediss://")):
+    if redis_connection.is_sentinel_url(broker_url):
+        broker_transport_options.update(_sentinel_options)
+        broker_transport = "adapters.broker:SentinelTransport"
+if result_backend.startswith(("redis://", "rediss://", "sentinel://")):
     result_backend_transport_options = _redis_options
+    if redis_connection.is_sentinel_url(result_backend):
+        result_backend_transport_options = {**_redis_options, **_sentinel_options}
+        # A result written during a failover is retried on the new master, not dropped.
+        result_backend_always_retry = True
+        result_backend_max_retries = 30
 # Refuses task messages it cannot build a request from, instead of stopping the worker.
 worker_consumer = "adapters.broker:Consumer"
 broker_connection_retry_on_startup = True
@@ -51,8 +64,22 @@ INTAKE_QUEUE = "vip-bundles"
 BOOKING_QUEUE = "vip-bundles.booking"
 COMPENSATION_QUEUE = "vip-bundles.compensation"
 _exchange = Exchange("vip-bundles", type="direct")
+_queue_arguments: dict[str, str] = {}
+if broker_url.startswith(("amqp://", "amqps://", "pyamqp://")) and _s.broker_queue_type == "quorum":
+    # RabbitMQ in HA: quorum queues (replicated with Raft across the cluster). A publish
+    # returns once a quorum of the queue's replicas has it (publisher confirms). Quorum queues
+    # have no global QoS: Celery detects them and sets the prefetch per consumer. Celery's
+    # native delayed delivery (countdown/ETA on quorum queues) needs a topic exchange; no task
+    # here is sent with a countdown or ETA, so none waits in a worker's memory. A caller that
+    # declares the queues must declare them quorum too (README, "RabbitMQ").
+    _queue_arguments = {"x-queue-type": "quorum"}
+    broker_transport_options = {"confirm_publish": True}
+    task_default_queue_type = "quorum"
+    task_create_missing_queue_type = "quorum"
+    worker_detect_quorum_queues = True
 task_queues = [
-    Queue(q, _exchange, routing_key=q) for q in (INTAKE_QUEUE, BOOKING_QUEUE, COMPENSATION_QUEUE)
+    Queue(q, _exchange, routing_key=q, queue_arguments=_queue_arguments or None)
+    for q in (INTAKE_QUEUE, BOOKING_QUEUE, COMPENSATION_QUEUE)
 ]
 task_default_queue = BOOKING_QUEUE
 task_default_exchange = "vip-bundles"

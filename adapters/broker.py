@@ -16,6 +16,9 @@ does not decode. `Consumer` refuses (logs what it drops, rejects without requeue
 whose body Celery cannot build a request from. Each catches only the errors that bad input
 raises there, so a bug elsewhere still surfaces. Both are enabled in celeryconfig with
 `broker_transport` (Redis only) and `worker_consumer`.
+`SentinelTransport` is the same on a `sentinel://` broker (REDIS_SENTINELS): kombu asks the
+sentinels for the master each time it connects, so a worker, beat or Flower follows a failover
+by reconnecting.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import logging
 from typing import Any
 
 from celery.worker.consumer import Consumer as CeleryConsumer
-from kombu.transport import redis
+from kombu.transport import TRANSPORT_ALIASES, redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 log = logging.getLogger(__name__)
@@ -89,6 +92,20 @@ class Transport(redis.Transport):
             log.error("dropped an entry of queue %s: not a message (%s)", queue, problem)
             return
         super()._deliver(message, queue)
+
+
+class SentinelChannel(Channel, redis.SentinelChannel):
+    """Our channel, connected through Redis Sentinel (kombu's SentinelChannel finds the pool)."""
+
+
+class SentinelTransport(redis.SentinelTransport):
+    Channel = SentinelChannel
+
+
+# After a connection error kombu switches to the next `sentinel://` address of the broker URL
+# and resolves its transport again from the URL's scheme, which would drop the transport that
+# celeryconfig names for this one: in processes that use it, `sentinel` means ours.
+TRANSPORT_ALIASES["sentinel"] = f"{__name__}:SentinelTransport"
 
 
 class Consumer(CeleryConsumer):

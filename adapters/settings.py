@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,9 +16,24 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str | None = None  # e.g. amqp://guest:guest@127.0.0.1:5672// ; default REDIS_URL
     result_backend: str | None = None  # default REDIS_URL
+    # On RabbitMQ: "quorum" declares the queues as quorum queues (replicated, for a RabbitMQ
+    # cluster); "classic" keeps RabbitMQ's default. Callers must declare the same type.
+    broker_queue_type: Literal["classic", "quorum"] = "classic"
     # Bundle state and the events stream live under it. The broker's queues and the results do
     # not: they keep the contract's names (deployments sharing a Redis use a database each).
     key_prefix: str = "vip-bundles:"
+    # High availability: `host:port,host:port,...` of Redis Sentinels. Every Redis connection
+    # (state, results, the broker unless BROKER_URL names another) then asks them for the
+    # master named REDIS_SENTINEL_MASTER; the database number and password stay in REDIS_URL.
+    redis_sentinels: str | None = None
+    redis_sentinel_master: str | None = None
+    redis_sentinel_password: SecretStr | None = None  # when the sentinels ask for one
+    # How long a Redis command keeps retrying (with backoff) through a failover before it
+    # fails: longer than the sentinels' down-after-milliseconds plus their election.
+    redis_failover_wait_s: float = Field(default=30.0, gt=0)
+    # The answer of a booking or a cancel waits at most this long for a replica to have the
+    # write it confirms (Redis WAIT), when the master has a replica; else it is not given.
+    replica_ack_timeout_s: float = Field(default=2.0, gt=0)
     events_stream_maxlen: int = 1_000_000
 
     # The HTTP door's keys, `key:scope+scope[@tenant],...` (vip_bundles/guard/). Secret: never
@@ -72,13 +88,45 @@ class Settings(BaseSettings):
     # How often the console refreshes its numbers (from /dashboard.json).
     console_refresh_s: float = Field(default=5.0, gt=0)
 
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels_are_host_ports(cls, value: str | None) -> str | None:
+        if value is not None:
+            host_ports(value)  # a malformed entry is refused at start, naming the variable
+        return value
+
+    @model_validator(mode="after")
+    def _sentinels_need_a_master(self) -> Settings:
+        if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
+            missing = "REDIS_SENTINEL_MASTER" if self.redis_sentinels else "REDIS_SENTINELS"
+            raise ValueError(f"{missing}: required with the other one (Redis Sentinel)")
+        return self
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """REDIS_SENTINELS as (host, port) pairs; [] without Sentinel."""
+        return host_ports(self.redis_sentinels or "")
+
     @property
     def broker(self) -> str:
+        """The broker's URL as configured; with sentinels and no BROKER_URL, celeryconfig
+        turns REDIS_URL into Celery's own Sentinel URL (adapters/redis_connection.py)."""
         return self.broker_url or self.redis_url
 
     @property
     def backend(self) -> str:
         return self.result_backend or self.redis_url
+
+
+def host_ports(value: str) -> list[tuple[str, int]]:
+    """`host:port,host:port,...` (IPv6 hosts in brackets) as (host, port) pairs."""
+    pairs = []
+    for entry in filter(None, (e.strip() for e in value.split(","))):
+        host, _, port = entry.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"REDIS_SENTINELS: {entry!r} is not host:port")
+        pairs.append((host.strip("[]"), int(port)))
+    return pairs
 
 
 @lru_cache(maxsize=1)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from redis import Redis
 
 from adapters import store_scripts as scripts
+from adapters.redis_connection import NotReplicated, follow_master
 from adapters.store_queries import STARTS, BundleQueries, as_text, bundle_from_hash
 from process_manager import saga
 from process_manager.bundle import FINAL, IN_FLIGHT, Bundle, Status
@@ -169,7 +170,16 @@ class BundleStore(BundleQueries):
                 self.status_key(new.status, new.tenant),
             ]
         result = self._transition(keys=keys, args=args)
-        return result in (b"ok", "ok")
+        if result in (b"ok", "ok"):
+            return True
+        # Retried after a failover cut the reply off, a transition finds its own write done:
+        # the version it set, with its document. That write is ours, not a lost race. (A
+        # creation retried so answers "exists"; the reconciler then starts its chain.)
+        return (
+            old is not None
+            and as_text(result) == str(new.version)
+            and as_text(self.redis.hget(keys[0], "doc") or b"") == args[2]
+        )
 
     def touch(self, bundle: Bundle) -> None:
         """Mark the bundle as looked after now (the reconciler's "not again before ...")."""
@@ -222,6 +232,42 @@ class BundleStore(BundleQueries):
     def first_time(self, message_id: str, ttl_s: int = SEEN_TTL_S) -> bool:
         """True the first time a message id is seen (duplicate-delivery guard)."""
         return bool(self.redis.set(self._seen_key(message_id), 1, nx=True, ex=ttl_s))
+
+    def confirm_replicated(self, bundle_id: str, version: int, timeout_s: float) -> None:
+        """Return once the bundle, at `version` or later, is on a replica too (Redis WAIT),
+        or at once when the master has no replica; else raise `NotReplicated`.
+
+        WAIT covers the writes of the connection it runs on; ours may have gone through
+        another connection of the pool. So the check reads the bundle and writes a marker
+        on one connection, then waits for that: replication is one ordered stream, so a
+        replica that has the marker has every write the master made before it, ours too.
+        The check runs on the master the sentinels name now: a write that went to a former
+        master after its replica was promoted is missing there, and is not confirmed.
+        """
+        follow_master(self.redis)
+        key, marker = self._bundle_key(bundle_id), f"{self.prefix}replication-marker"
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(key, "version")
+        pipe.execute_command("ROLE")
+        stored, role = pipe.execute(raise_on_error=False)
+        if isinstance(stored, Exception):
+            raise stored
+        if stored is None or int(stored) < version:
+            raise NotReplicated(f"bundle {bundle_id}: version {version} is not on the master")
+        # A master without replicas has nothing to wait for; nor can we tell where ROLE is
+        # refused (some managed Redis services rename it): they replicate by their own rules.
+        if isinstance(role, Exception) or len(role) < 3 or not role[2]:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(key, "version")
+        pipe.incr(marker)
+        pipe.wait(1, max(1, int(timeout_s * 1000)))
+        stored, _, acked = pipe.execute()
+        if stored is None or int(stored) < version or int(acked) < 1:
+            raise NotReplicated(
+                f"bundle {bundle_id}: no replica acknowledged version {version} "
+                f"within {timeout_s} s"
+            )
 
     def first_time_get(self, message_id: str, bundle_id: str) -> tuple[bool, Bundle | None]:
         """`first_time` and `get` in one round trip (the process manager's two reads)."""

@@ -216,13 +216,31 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# Event ids are uuid5s of the event's idempotency key in this namespace.
+EVENT_ID_NAMESPACE = uuid.UUID("8f3c6d2a-1b7e-4c59-a0d4-6e2f9b8a7c31")
+
+
+def event_id_of(idempotency_key: str) -> str:
+    """The event id of the event with this idempotency key: the same every time it is made, so
+    a transition redone (after a failover lost it) republishes the same `event_id`, and a
+    consumer that keeps the ids it handled sees each event once."""
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, idempotency_key))
+
+
 class EventHeader(BaseModel):
     model_config = ConfigDict(frozen=True)
-    event_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    event_id: str
     event_name: str
     published_at: datetime = Field(default_factory=utcnow)
     correlation_id: str
     idempotency_key: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _event_id_from_key(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "event_id" not in data and "idempotency_key" in data:
+            return {**data, "event_id": event_id_of(str(data["idempotency_key"]))}
+        return data
 
 
 class Event(BaseModel):

@@ -7,6 +7,7 @@ from typing import Any
 
 from celery.utils.log import get_task_logger
 
+from adapters.settings import get_settings
 from adapters.store import BundleNotFound
 from process_manager import saga
 from process_manager.bundle import Bundle
@@ -25,7 +26,8 @@ def cancel_bundle(vip_bundle_id: str, reason: str, who: str | None = None) -> Bu
     """Record a cancel request and start undoing; the bundle as stored after it.
 
     Raises `BundleNotFound`, or `CancelRefused` for a `failed` bundle. A bundle already
-    `cancelling` or `cancelled` is returned as it is (cancelling is idempotent).
+    `cancelling` or `cancelled` is returned as it is (cancelling is idempotent). Returns once
+    the cancel is on a replica too (when the master has one), else raises `NotReplicated`.
     """
     refused: list[saga.CancelRefused] = []
 
@@ -41,11 +43,18 @@ def cancel_bundle(vip_bundle_id: str, reason: str, who: str | None = None) -> Bu
     if refused:
         raise CancelRefused(refused[0].reason)
     if applied.event is None:
-        return applied.bundle
+        return _confirmed(applied.bundle)
     log.info("bundle %s: cancel requested (%s)", vip_bundle_id, reason)
     # Read again: only counters read after the cancel was stored are final (a forward step may
     # have started between our read and our write), and they decide which steps are in doubt.
-    return take_up(store().require(vip_bundle_id))
+    return _confirmed(take_up(store().require(vip_bundle_id)))
+
+
+def _confirmed(bundle: Bundle) -> Bundle:
+    """`bundle` once its stored version (the cancel) is on a replica too."""
+    timeout_s = get_settings().replica_ack_timeout_s
+    store().confirm_replicated(bundle.vip_bundle_id, bundle.version, timeout_s)
+    return bundle
 
 
 def answer(bundle: Bundle) -> dict[str, str]:

@@ -22,6 +22,7 @@ from celery.signals import (
 )
 from redis import Redis
 
+from adapters import redis_connection
 from adapters.metrics import METER
 from adapters.partners import Partners
 from adapters.settings import get_settings
@@ -36,7 +37,8 @@ app.config_from_object("celeryconfig")
 
 @cache
 def redis_client() -> Redis:
-    return Redis.from_url(get_settings().redis_url, health_check_interval=30)
+    """The state store's client: REDIS_URL's server, or the master Sentinel names."""
+    return redis_connection.redis_client(get_settings())
 
 
 @cache

@@ -6,6 +6,7 @@ from typing import Any
 
 from celery.utils.log import get_task_logger
 
+from adapters.settings import get_settings
 from process_manager import saga
 from process_manager.bundle import Bundle
 from process_manager.messages import BookVipBundle, InvalidRequest, parse_request
@@ -20,8 +21,10 @@ def book_bundle(
 ) -> tuple[Bundle, bool]:
     """Store a validated request and start its saga; the same id twice is one bundle.
 
-    Returns (bundle, created). Raises `InvalidRequest` if the id exists with another request
-    (or another tenant's). `tenant`: the owner, from the HTTP door's key.
+    Returns (bundle, created) once the bundle is on a replica too (when the master has one),
+    so that no failover loses a bundle whose id a caller was given. Raises `InvalidRequest` if
+    the id exists with another request (or another tenant's), `NotReplicated` if no replica
+    acknowledged in time. `tenant`: the owner, from the HTTP door's key.
     """
     fresh = Bundle.from_request(request, correlation_id, tenant)
     bundle, created = store().create(fresh, saga.initialized(fresh))
@@ -33,6 +36,7 @@ def book_bundle(
             f"vip_bundle_id: {bundle.vip_bundle_id} already names a different request",
             [{"field": "vip_bundle_id", "message": "already names a different request"}],
         )
+    store().confirm_replicated(bundle.vip_bundle_id, 1, get_settings().replica_ack_timeout_s)
     return bundle, created
 
 

@@ -1,5 +1,6 @@
-"""As production runs it: RabbitMQ as broker (state still in Redis), a booking worker and a
-compensation worker on separate queues, and `celery beat` healing bundles whose message was lost.
+"""As production runs it: RabbitMQ as broker with quorum queues (state still in Redis), a
+booking worker and a compensation worker on separate queues, and `celery beat` healing bundles
+whose message was lost.
 
 Everything here goes through RabbitMQ, so the session's Redis-broker worker never sees it.
 """
@@ -44,8 +45,10 @@ def rabbitmq() -> None:
 
 class Topology:
     def __init__(self, redis_url: str, broker_url: str, env: dict[str, str], logdir: Path) -> None:
-        # What another service would build: only celery, our broker, our result backend.
+        # What another service would build: only celery, our broker, our result backend, and
+        # on quorum queues the queue type it declares (README, "RabbitMQ").
         self.app = Celery(broker=broker_url, backend=redis_url)
+        self.app.conf.task_create_missing_queue_type = "quorum"
         self.env = env
         self.logdir = logdir
         self.booking = local_stack.start_worker(
@@ -104,7 +107,13 @@ def vhost() -> Iterator[str]:
 def topology(
     worker_env: dict[str, str], redis_url: str, logdir: Path, vhost: str
 ) -> Iterator[Topology]:
-    env = {**worker_env, "BROKER_URL": vhost, "STALE_AFTER_S": "2", "RECONCILE_EVERY_S": "1"}
+    env = {
+        **worker_env,
+        "BROKER_URL": vhost,
+        "BROKER_QUEUE_TYPE": "quorum",  # RabbitMQ as in production: quorum queues
+        "STALE_AFTER_S": "2",
+        "RECONCILE_EVERY_S": "1",
+    }
     t = Topology(redis_url, vhost, env, logdir)
     if vhost == AMQP_URL:
         for queue in (*BOOKING, *COMPENSATION):
@@ -171,3 +180,24 @@ def test_beat_finishes_a_rollback_whose_compensations_were_lost(topology: Topolo
     tickets = saga.sim.flight_tickets(reference_id=bundle_id)
     assert tickets and all(t["cancelled"] for t in tickets)
     assert len(saga.calls(bundle, "/payments-api/refunds")) == len(bundle.ticket_ids)
+
+
+def test_the_queues_are_quorum_queues(topology: Topology):
+    """The workers declared quorum queues: declaring one as quorum again is equivalent,
+    declaring it classic is refused by RabbitMQ (406 PRECONDITION_FAILED)."""
+    from amqp.exceptions import PreconditionFailed
+    from kombu import Exchange, Queue
+
+    def declare(name: str, queue_type: str) -> None:
+        with topology.app.connection_for_write() as conn:
+            Queue(
+                name,
+                Exchange("vip-bundles", type="direct"),
+                routing_key=name,
+                queue_arguments={"x-queue-type": queue_type},
+            )(conn.channel()).declare()
+
+    for name in (*BOOKING, *COMPENSATION):
+        declare(name, "quorum")
+        with pytest.raises(PreconditionFailed):
+            declare(name, "classic")

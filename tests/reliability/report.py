@@ -54,6 +54,9 @@ ORDER = [
     "8-cancel-twice",
     "8-cancel-outage",
     "8-cancel-random",
+    "9-failover-kill",
+    "9-failover-cancel",
+    "9-failover-rabbitmq",
 ]
 
 INTRO = f"""# Reliability: what the saga survives, measured
@@ -224,6 +227,35 @@ NOTES: dict[str, str] = {
         "refused already failed*); every other cancelled bundle ends `cancelled`. *cancelled "
         "from*: the status each cancel found."
     ),
+    "9-failover-kill": (
+        "A Redis master, its replica (both `appendonly yes`) and three sentinels (quorum 2, "
+        "down after 1 s) are real processes on free ports (`tests/reliability/"
+        "sentinel_stack.py`); the worker, beat, the callers and `vip-bundles audit` know only "
+        "the sentinels. The master is killed (`kill -9`) with most bundles in flight and "
+        "started again once a new master is named: the sentinels make it a replica. "
+        "*answered before kill*: bundles whose id a caller had been given; *answered missing on "
+        "new master*: those of them not on the promoted replica the moment it became master "
+        "(the answers wait for a replica: `WAIT`). *seconds kill to ...*: the sentinels naming "
+        "a new master, the saga's first transition on it (bundles flow again), a new booking "
+        "answered (behind the intake queue's backlog). *stream consumer*: a consumer group "
+        "reading the events stream through the failover; it deduplicates on `event_id` "
+        "(uuid5 of the event's idempotency key, so a redone transition republishes the same "
+        "id). On one machine the replica lags the master by well under a millisecond, so the "
+        "kill loses few writes, if any; the refusal to confirm what no replica has is tested "
+        "directly (a SIGSTOPped replica: `tests/e2e/test_sentinel_failover.py`, "
+        "`tests/integration/test_redis_connection.py`)."
+    ),
+    "9-failover-cancel": (
+        "The same, with 20 bundles cancelled through the Celery door just before the kill: "
+        "every cancel that was answered (or, without an answer, sent again) ends `cancelled`."
+    ),
+    "9-failover-rabbitmq": (
+        "The same failover with RabbitMQ as the broker (a vhost of its own, quorum queues, "
+        "publisher confirms): messages are safe at RabbitMQ, state and results follow the "
+        "Sentinel master. A step whose outcome was written to the old master in its last "
+        "moments had its message acked already: the reconciler re-drives the bundle from its "
+        "stored state and the step re-sends with the same idempotency key."
+    ),
 }
 
 HEALED_BY = [
@@ -256,6 +288,13 @@ HEALED_BY = [
         "Redis restarted or killed",
         "the append-only file, the worker reconnecting by itself, the reconciler for the "
         "chains the outage broke; a client that got no answer resubmits with the same id",
+    ),
+    (
+        "the Redis master killed (Sentinel failover)",
+        "every connection asking the sentinels for the master and retrying through the "
+        "election; answers given only once a replica has the write (`WAIT`); writes lost with "
+        "the master redone by redelivery, the reconciler and idempotency keys; event ids "
+        "deterministic, so consumers deduplicate on `event_id`",
     ),
     (
         "the last seats",

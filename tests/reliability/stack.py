@@ -57,18 +57,22 @@ class Stack:
         redis_url: str,
         logdir: Path,
         release: Callable[[], None] | None = None,
+        client: Redis | None = None,
+        app: Celery | None = None,
         **env: str,
     ) -> None:
+        """`client` and `app` replace the Redis client and the Celery app made from
+        `redis_url` (e.g. ones that follow a Sentinel master); `env` goes to every process."""
         self.name = name
         self.redis_url = redis_url  # a database of the scenario's own
         self._release = release
         self.logdir = logdir / name
         self.logdir.mkdir(parents=True, exist_ok=True)
-        self.redis = Redis.from_url(redis_url)
+        self.redis = client or Redis.from_url(redis_url)
         self.store = BundleStore(self.redis)
         self.sim_process, self.sim_url = start_subprocess()
         self.sim = SimulatorClient(self.sim_url, timeout=30)
-        self.app = client_app(redis_url)
+        self.app = app or client_app(redis_url)
         self.env_defaults = {**QUIET, **env}
         self.workers: list[local_stack.Worker] = []
         self.beats: list[subprocess.Popen[bytes]] = []
