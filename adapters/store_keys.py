@@ -6,7 +6,14 @@ Celery results do not (they keep the contract's names).
 
 from __future__ import annotations
 
+import hashlib
+
 from process_manager.bundle import Status
+
+# Tombstones of archived bundles are spread over this many hashes, each small enough for
+# Redis's compact listpack encoding (hash-max-listpack-entries, 128 by default) up to ~8
+# million archived bundles: ~50 bytes a bundle instead of a key each (~100+).
+TOMB_BUCKETS = 65536
 
 
 class BundleKeys:
@@ -42,6 +49,11 @@ class BundleKeys:
 
     def _correlation_index(self, correlation_id: str) -> str:
         return f"{self.prefix}index:correlation:{correlation_id}"
+
+    def tomb_key(self, bundle_id: str) -> str:
+        """Hash bucket: archived bundle id -> its request digest (adapters/store_retention.py)."""
+        bucket = int.from_bytes(hashlib.blake2b(bundle_id.encode(), digest_size=4).digest())
+        return f"{self.prefix}tomb:{bucket % TOMB_BUCKETS:04x}"
 
     def _seen_key(self, message_id: str) -> str:
         return f"{self.prefix}seen:{message_id}"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import uuid
 from datetime import datetime
 from enum import StrEnum
@@ -89,6 +92,15 @@ def booking_id_for(vip_bundle_id: str) -> str:
     return str(uuid.uuid5(BOOKING_NAMESPACE, vip_bundle_id))
 
 
+def request_digest(
+    email: str, tickets: int, show_id: str, passengers: list[str], inbound: str, ret: str
+) -> str:
+    """64 bits of SHA-256 over a request's fields, base64url (11 characters)."""
+    canonical = json.dumps([email, tickets, show_id, list(passengers), inbound, ret])
+    raw = hashlib.sha256(canonical.encode()).digest()[:8]
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
 class Bundle(BaseModel):
     """One bundle as stored in Redis (a single JSON document, versioned for compare-and-set)."""
 
@@ -125,6 +137,9 @@ class Bundle(BaseModel):
     # Starts of each step (`saga.start_key` -> count), read with the document from the bundle's
     # hash; never part of the document itself.
     starts: dict[str, int] = Field(default_factory=dict, exclude=True)
+    # When the bundle was moved to the archive (set by the archive when it reads one back;
+    # None for a bundle live in Redis); never part of the document itself.
+    archived_at: datetime | None = Field(default=None, exclude=True)
 
     @classmethod
     def from_request(cls, request: BookVipBundle, correlation_id: str | None = None) -> Bundle:
@@ -150,6 +165,18 @@ class Bundle(BaseModel):
             and self.passengers == list(request.passengers)
             and self.inbound_flight_id == str(request.inbound_flight_id)
             and self.return_flight_id == str(request.return_flight_id)
+        )
+
+    def request_digest(self) -> str:
+        """A short fingerprint of what `same_request` compares: what Redis keeps of an archived
+        bundle, so the same id sent again is still told apart from a different request."""
+        return request_digest(
+            self.customer_email,
+            self.number_of_tickets,
+            self.show_id,
+            self.passengers,
+            self.inbound_flight_id,
+            self.return_flight_id,
         )
 
     def flight_id(self, leg: Leg) -> str:

@@ -44,6 +44,7 @@ from process_manager.messages import (
     utcnow,
 )
 from vip_bundles.access import DoorGuard, is_loopback, parse_api_keys
+from vip_bundles.api_archive import install_archive_errors
 from vip_bundles.views import (
     MOVES_WINDOW_MIN,
     bundle_summary,
@@ -106,6 +107,7 @@ def create_app(api_keys: str | None = None) -> FastAPI:
     # /docs and /redoc load their assets from a CDN; the OpenAPI document itself is served.
     app = FastAPI(title="vip-bundles", version="1", docs_url=None, redoc_url=None)
     _install_error_handlers(app)
+    install_archive_errors(app)
     app.add_middleware(DoorGuard, keys=parse_api_keys(api_keys or configured_api_keys()))
 
     @app.post(
@@ -151,9 +153,9 @@ def create_app(api_keys: str | None = None) -> FastAPI:
     )
     def get_vip_bundle(vip_bundle_id: str, request: Request) -> Response:
         """The bundle as JSON; the timeline page when the Accept header prefers text/html."""
-        from tasks.celery_app import store
+        from tasks.archive import finder
 
-        bundle = store().get(vip_bundle_id)
+        bundle = finder().get(vip_bundle_id)  # live in Redis, or archived
         html = prefers_html(request.headers.get("accept"))
         vary = {"Vary": "Accept"}
         if bundle is None:
@@ -204,9 +206,9 @@ def create_app(api_keys: str | None = None) -> FastAPI:
     ) -> Response | dict[str, Any]:
         """Bundles in one status, most recently changed first; or, with `q`, the bundles whose
         id, booking id, customer email (any case) or correlation id is exactly `q`."""
-        from tasks.celery_app import store
+        from tasks.archive import finder
 
-        st = store()
+        st = finder()  # pages of a final status continue into the archive
         if q is not None:
             found = st.search(q)
             return {
@@ -234,10 +236,10 @@ def create_app(api_keys: str | None = None) -> FastAPI:
     def resume_vip_bundle(vip_bundle_id: str, request: Request) -> JSONResponse:
         """Take a bundle up now: a parked one is resumed, one in flight has its next step (or
         pending undos) sent again. Recorded in its history with who asked."""
-        from tasks.celery_app import store
+        from tasks.archive import finder
         from tasks.saga import take_up
 
-        bundle = store().get(vip_bundle_id)
+        bundle = finder().get(vip_bundle_id)  # an archived one is final: 409
         if bundle is None:
             return errors_response(404, [error("vip_bundle_id", UNKNOWN_BUNDLE)])
         if bundle.status in FINAL:
@@ -255,10 +257,10 @@ def create_app(api_keys: str | None = None) -> FastAPI:
     def console(q: Annotated[str | None, Query(max_length=MAX_QUERY)] = None) -> HTMLResponse:
         """The operator's console: the fleet on the saga's diagram, parked and recent failures,
         search. It refreshes its numbers from /dashboard.json."""
-        from tasks.celery_app import store
+        from tasks.archive import finder
 
         s = get_settings()
-        found = store().search(q)[:MAX_PAGE] if q and q.strip() else None
+        found = finder().search(q)[:MAX_PAGE] if q and q.strip() else None
         links = {"flower": s.flower_url, "metrics": "metrics", "json": "dashboard.json"}
         context = console_context(_console_data(), q, found, links)
         page = render("dashboard.html", **context, refresh_ms=int(s.console_refresh_s * 1000))

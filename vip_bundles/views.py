@@ -80,6 +80,8 @@ def bundle_view(bundle: Bundle) -> dict[str, Any]:
         ],
         "created_at": data["created_at"],
         "updated_at": data["updated_at"],
+        # When it was moved to the archive (None: live in Redis).
+        "archived_at": bundle.archived_at.isoformat() if bundle.archived_at else None,
     }
 
 
@@ -98,6 +100,7 @@ def bundle_summary(bundle: Bundle) -> dict[str, Any]:
         **{k: data[k] for k in keys},
         "created_at": data["created_at"],
         "updated_at": data["updated_at"],
+        "archived_at": bundle.archived_at.isoformat() if bundle.archived_at else None,
     }
 
 
