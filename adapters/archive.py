@@ -11,7 +11,8 @@ the same bundle twice (a second pass after a crash) is harmless.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
@@ -65,38 +66,33 @@ class BundleArchive:
             self._opened = False
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        try:
-            with self._conn() as conn, conn.cursor(row_factory=dict_row) as cur:
-                cur.execute(sql, params)
-                return cur.fetchall()
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise ArchiveUnavailable(f"archive: {type(exc).__name__}") from None
+        with _unavailable(), self._conn() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
 
     # --- schema ---
     def init(self) -> list[int]:
-        """Create or upgrade the tables: apply the migrations not applied yet, in order, each in
-        the transaction that records it. Returns the versions applied (empty: up to date)."""
+        """Create or upgrade the tables: apply the migrations not applied yet, in order, in one
+        transaction with their records in schema_version (under a lock: two at once are safe).
+        Returns the versions applied (empty: up to date)."""
         applied: list[int] = []
-        try:
-            with self._conn() as conn, conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        with _unavailable(), self._conn() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r[0] for r in conn.execute("SELECT version FROM schema_version")}
+            for version, name, sql in migrations():
+                if version in done:
+                    continue
+                conn.execute(sql)
                 conn.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_version ("
-                    " version integer PRIMARY KEY, name text NOT NULL,"
-                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                    "INSERT INTO schema_version (version, name) VALUES (%s, %s)",
+                    (version, name),
                 )
-                done = {r[0] for r in conn.execute("SELECT version FROM schema_version")}
-                for version, name, sql in migrations():
-                    if version in done:
-                        continue
-                    conn.execute(sql)
-                    conn.execute(
-                        "INSERT INTO schema_version (version, name) VALUES (%s, %s)",
-                        (version, name),
-                    )
-                    applied.append(version)
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise ArchiveUnavailable(f"archive: {type(exc).__name__}") from None
+                applied.append(version)
         return applied
 
     def schema_version(self) -> int:
@@ -122,23 +118,16 @@ class BundleArchive:
             " tenant = EXCLUDED.tenant"
             " WHERE bundles.version <= EXCLUDED.version OR bundles.restored_at IS NOT NULL"
         )
-        try:
-            with self._conn() as conn, conn.transaction(), conn.cursor() as cur:
-                cur.executemany(sql, rows)
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise ArchiveUnavailable(f"archive: {type(exc).__name__}") from None
+        with _unavailable(), self._conn() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.executemany(sql, rows)
         return len(rows)
 
     def mark_restored(self, bundle_id: str) -> None:
         """The bundle is live in Redis again: lists and searches leave this row out."""
-        try:
-            with self._conn() as conn:
-                conn.execute(
-                    "UPDATE bundles SET restored_at = now() WHERE vip_bundle_id = %s",
-                    (bundle_id,),
-                )
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise ArchiveUnavailable(f"archive: {type(exc).__name__}") from None
+        with _unavailable(), self._conn() as conn:
+            conn.execute(
+                "UPDATE bundles SET restored_at = now() WHERE vip_bundle_id = %s", (bundle_id,)
+            )
 
     # --- reads: the store's interface ---
     def get(self, bundle_id: str) -> Bundle | None:
@@ -212,6 +201,19 @@ class BundleArchive:
         )
         found = [(r["vip_bundle_id"], float(r["at"])) for r in rows]
         return sorted(found, key=lambda row: row[1])
+
+
+@contextmanager
+def _unavailable() -> Iterator[None]:
+    """Storage errors become the archive's own (no URL or password in the message)."""
+    try:
+        yield
+    except psycopg.errors.UndefinedTable:
+        raise ArchiveUnavailable(
+            "archive: its tables are missing (run `vip-bundles archive init`)"
+        ) from None
+    except (psycopg.Error, PoolTimeout) as exc:
+        raise ArchiveUnavailable(f"archive: {type(exc).__name__}") from None
 
 
 def migrations() -> list[tuple[int, str, str]]:

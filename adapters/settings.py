@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     flower_url: str = "http://127.0.0.1:5555"
     # How often the console refreshes its numbers (from /dashboard.json).
     console_refresh_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("archive_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def broker(self) -> str:
