@@ -51,6 +51,11 @@ class HistoryEntry(BaseModel):
     to_status: Status
     event_id: str | None = None
     detail: str | None = None
+    # A parked bundle retried round after round without progress: the same entry counts the
+    # rounds after the first (`repeats`, the last one at `last_at`) instead of growing the
+    # document by two entries a round (process_manager/saga.py, `_history`).
+    repeats: int = 0
+    last_at: datetime | None = None
 
 
 class Failure(BaseModel):

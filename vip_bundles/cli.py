@@ -168,7 +168,7 @@ def status(vip_bundle_id: str, as_json: Annotated[bool, typer.Option("--json")] 
             h.event,
             str(h.from_status or ""),
             str(h.to_status),
-            h.detail or "",
+            (h.detail or "") + (f" (x{h.repeats + 1} rounds)" if h.repeats else ""),
         )
     console.print(table)
 

@@ -75,6 +75,9 @@ def bundle_view(bundle: Bundle) -> dict[str, Any]:
                 "from": h["from_status"],
                 "to": h["to_status"],
                 "detail": h["detail"],
+                # retry rounds like this one counted here, not listed (the last one's time)
+                "repeats": h["repeats"],
+                "last_at": h["last_at"],
             }
             for h in data["history"]
         ],
@@ -187,6 +190,13 @@ def _kind(h: HistoryEntry) -> str:
     return ""
 
 
+def _detail(h: HistoryEntry) -> str:
+    if not h.repeats:
+        return h.detail or ""
+    last = _when(h.last_at) if h.last_at else "?"
+    return f"{h.detail or ''} (and {h.repeats} more rounds like it, the last at {last})".strip()
+
+
 def timeline(bundle: Bundle) -> list[dict[str, Any]]:
     rows = []
     start = bundle.history[0].at if bundle.history else None
@@ -205,7 +215,7 @@ def timeline(bundle: Bundle) -> list[dict[str, Any]]:
                 "event": h.event,
                 "from": h.from_status.value if h.from_status else "",
                 "to": h.to_status.value,
-                "detail": h.detail or "",
+                "detail": _detail(h),
                 "kind": kind,
             }
         )
