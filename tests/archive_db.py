@@ -27,7 +27,13 @@ def claim(redis_db: int) -> str | None:
             conn.execute(f'CREATE DATABASE "{name}"')
     except psycopg.OperationalError:
         return None
-    return f"{SERVER}/{name}"
+    url = f"{SERVER}/{name}"
+    from adapters.archive import BundleArchive
+
+    archive = BundleArchive(url)
+    archive.init()  # what `vip-bundles archive init` does
+    archive.close()
+    return url
 
 
 def drop(url: str) -> None:

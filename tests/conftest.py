@@ -67,11 +67,6 @@ def archive_url() -> str:
     """The run's archive database, its tables created (skips without a PostgreSQL)."""
     if ARCHIVE_URL is None:
         pytest.skip("no PostgreSQL at 127.0.0.1:5432 for the archive (see .ci/run)")
-    from adapters.archive import BundleArchive
-
-    archive = BundleArchive(ARCHIVE_URL)
-    archive.init()
-    archive.close()
     return ARCHIVE_URL
 
 

@@ -33,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters.metrics import RedisCollector
+from adapters.metrics_memory import MemoryCollector
 from adapters.settings import get_settings
 from process_manager.bundle import FINAL, Status
 from process_manager.messages import (
@@ -45,6 +46,7 @@ from process_manager.messages import (
 )
 from vip_bundles.access import DoorGuard, is_loopback, parse_api_keys
 from vip_bundles.api_archive import install_archive_errors
+from vip_bundles.memory_view import memory_view
 from vip_bundles.views import (
     MOVES_WINDOW_MIN,
     bundle_summary,
@@ -278,6 +280,7 @@ def create_app(api_keys: str | None = None) -> FastAPI:
 
         registry = CollectorRegistry(auto_describe=False)
         registry.register(RedisCollector(store()))
+        registry.register(MemoryCollector(store(), get_settings().archive_url is not None))
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health", responses={503: {"model": Errors}})
@@ -294,7 +297,7 @@ def _console_data() -> dict[str, Any]:
     from tasks.celery_app import store
 
     st = store()
-    return console_data(
+    data = console_data(
         counts=st.counts(),
         moves=st.recent_moves(MOVES_WINDOW_MIN),
         parked=st.list(Status.COMPENSATION_FAILED, 0, CONSOLE_LIST),
@@ -302,6 +305,7 @@ def _console_data() -> dict[str, Any]:
         cancelled=st.list(Status.CANCELLED, 0, CONSOLE_LIST),
         now=utcnow(),
     )
+    return {**data, "memory": memory_view(st)}
 
 
 def configured_api_keys() -> str | None:

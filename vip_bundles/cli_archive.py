@@ -63,27 +63,8 @@ def run(
     sys.stdout.write(f"archived {done.removed} bundles{kept}\n")
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
-
-
 def memory_lines(st: Any) -> str:
     """Redis memory, what settled bundles hold of it, and whether anything leaves Redis."""
-    from adapters.settings import get_settings
+    from vip_bundles.memory_view import memory_view
 
-    s, m = get_settings(), st.memory()
-    limit = _size(m.maxmemory) if m.maxmemory else "no maxmemory set"
-    lines = [
-        f"Redis memory: {_size(m.used)} used of {limit}",
-        f"settled bundles in Redis: {m.settled_bundles:,}, about {_size(m.settled_bytes)} "
-        f"({_size(m.per_settled_bundle)} each, {m.sampled} sampled)",
-    ]
-    if s.archive_url is None:
-        lines.append("no ARCHIVE_URL: settled bundles never leave Redis")
-    else:
-        lines.append(f"archive: settled bundles move to ARCHIVE_URL after {s.retention_s:,.0f} s")
-    return "\n".join(lines)
+    return "\n".join(memory_view(st)["lines"])

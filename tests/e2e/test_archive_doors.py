@@ -163,3 +163,17 @@ def test_without_archive_url_nothing_leaves_redis_and_stats_say_so(saga: Saga):
     stats = cli("stats", ARCHIVE_URL="")
     assert stats.returncode == 0, stats.stderr
     assert "Redis memory" in stats.stdout and "never leave Redis" in stats.stdout
+
+
+def test_console_and_metrics_show_redis_memory_and_retention(saga: Saga, archiving: str):
+    saga.run(request())
+    with api_server() as url:
+        memory = httpx.get(f"{url}/dashboard.json").json()["memory"]
+        assert memory["used_bytes"] > 0 and memory["settled_bundles"] >= 1
+        assert memory["archiving"] is True
+        assert any("move to the archive" in line for line in memory["lines"])
+        page = httpx.get(f"{url}/").text
+        assert 'id="memory"' in page and "Redis memory" in page
+        metrics = httpx.get(f"{url}/metrics").text
+        for name in ("redis_used_memory_bytes", "redis_maxmemory_bytes", "settled_memory_bytes"):
+            assert f"vip_bundles_{name} " in metrics
