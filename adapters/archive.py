@@ -10,6 +10,7 @@ the same bundle twice (a second pass after a crash) is harmless.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -19,7 +20,6 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from process_manager.bundle import FINAL, Bundle, Status
@@ -108,9 +108,11 @@ class BundleArchive:
         rows = [_row(b) for b in bundles]
         if not rows:
             return 0
+        # The document goes as one JSON text; PostgreSQL splits history and drift off it.
         sql = (
-            f"INSERT INTO bundles ({_COLUMNS}) VALUES "
-            "(%s, %s, %s, %s, %s, %s, %s, now(), %s, %s, %s, %s, %s) "
+            f"INSERT INTO bundles ({_COLUMNS}) SELECT %s, %s, %s, %s, %s, %s, %s, now(), %s,"
+            " d - 'history' - 'drift', d -> 'history', d -> 'drift', %s::jsonb"
+            " FROM (SELECT %s::jsonb AS d) AS src "
             "ON CONFLICT (vip_bundle_id) DO UPDATE SET status = EXCLUDED.status,"
             " settled_at = EXCLUDED.settled_at, archived_at = EXCLUDED.archived_at,"
             " restored_at = NULL, version = EXCLUDED.version, doc = EXCLUDED.doc,"
@@ -228,8 +230,6 @@ def migrations() -> list[tuple[int, str, str]]:
 def _row(bundle: Bundle) -> tuple[Any, ...]:
     if bundle.status not in FINAL:
         raise ValueError(f"bundle {bundle.vip_bundle_id}: only settled bundles are archived")
-    data = bundle.model_dump(mode="json")
-    history, drift = data.pop("history"), data.pop("drift")
     return (
         bundle.vip_bundle_id,
         bundle.booking_id,
@@ -239,10 +239,8 @@ def _row(bundle: Bundle) -> tuple[Any, ...]:
         bundle.status.value,
         bundle.status_since(),
         bundle.version,
-        Jsonb(data),
-        Jsonb(history),
-        Jsonb(drift),
-        Jsonb(bundle.starts),
+        json.dumps(bundle.starts),
+        bundle.model_dump_json(),
     )
 
 

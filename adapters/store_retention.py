@@ -9,6 +9,7 @@ bundle), checked by the creation script, so the same id sent again is still one 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -128,7 +129,9 @@ class BundleRetention:
             str(bundle.status),
             bundle.model_dump_json(),
             bundle.compensation_failures,
-            bundle.status_since().timestamp(),
+            # Scored as if it settled now: not due for archiving again before the cancel that
+            # brought it back is applied (a few milliseconds later), nor for RETENTION_S after.
+            time.time(),
             bundle.created_at.timestamp(),
             bundle.booking_id,
         ]

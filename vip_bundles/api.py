@@ -46,16 +46,10 @@ from process_manager.messages import (
 )
 from vip_bundles.access import DoorGuard, is_loopback, parse_api_keys
 from vip_bundles.api_archive import install_archive_errors
+from vip_bundles.console_view import MOVES_WINDOW_MIN, console_context, console_data
 from vip_bundles.memory_view import memory_view
-from vip_bundles.views import (
-    MOVES_WINDOW_MIN,
-    bundle_summary,
-    bundle_view,
-    console_context,
-    console_data,
-    page_context,
-    render,
-)
+from vip_bundles.pages import page_context, render
+from vip_bundles.views import bundle_summary, bundle_view
 
 log = logging.getLogger(__name__)
 
