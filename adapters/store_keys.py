@@ -7,13 +7,14 @@ Celery results do not (they keep the contract's names).
 from __future__ import annotations
 
 import hashlib
+import re
 
 from process_manager.bundle import Status
 
 # Tombstones of archived bundles are spread over this many hashes, each small enough for
-# Redis's compact listpack encoding (hash-max-listpack-entries, 128 by default) up to ~8
-# million archived bundles: ~50 bytes a bundle instead of a key each (~100+).
-TOMB_BUCKETS = 65536
+# Redis's compact listpack encoding (hash-max-listpack-entries, 128 by default) up to ~4
+# million archived bundles: a few dozen bytes a bundle instead of a key each (~150).
+TOMB_BUCKETS = 32768
 
 
 class BundleKeys:
@@ -53,7 +54,14 @@ class BundleKeys:
     def tomb_key(self, bundle_id: str) -> str:
         """Hash bucket: archived bundle id -> its request digest (adapters/store_retention.py)."""
         bucket = int.from_bytes(hashlib.blake2b(bundle_id.encode(), digest_size=4).digest())
-        return f"{self.prefix}tomb:{bucket % TOMB_BUCKETS:04x}"
+        return f"{self.prefix}tomb:{bucket % TOMB_BUCKETS:x}"
+
+    @staticmethod
+    def tomb_field(bundle_id: str) -> bytes:
+        """A tombstone's field: the id's 16 bytes when it is a UUID (the creation script
+        computes the same in Lua), else the id itself."""
+        digits = re.sub("[^0-9a-f]", "", bundle_id.lower())
+        return bytes.fromhex(digits) if len(digits) == 32 else bundle_id.encode()
 
     def _seen_key(self, message_id: str) -> str:
         return f"{self.prefix}seen:{message_id}"

@@ -3,8 +3,9 @@ archived bundles leave, and how much memory settled bundles hold. A mixin of `Bu
 
 An archived bundle leaves Redis with every index entry it had, in one script that checks the
 version (adapters/store_scripts.py, ARCHIVE_REMOVE). What stays is its tombstone: the bundle
-id and an 11-character digest of its request in one of TOMB_BUCKETS hashes (~50 bytes a
-bundle), checked by the creation script, so the same id sent again is still one bundle.
+id (16 bytes) and an 11-character digest of its request in one of TOMB_BUCKETS hashes
+(measured in bench/archive.py), checked by the creation script, so the same id sent again
+is still one bundle.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class BundleRetention:
     _email_index: Any
     _correlation_index: Any
     tomb_key: Any
+    tomb_field: Any
     settled: Any
 
     def due_for_archive(self, settled_until: float, limit: int) -> list[str]:
@@ -90,7 +92,8 @@ class BundleRetention:
         0 changed since (it stays), 2 gone already."""
         pipe = self.redis.pipeline(transaction=False)
         for b in bundles:
-            self._remove(keys=self._bundle_keys(b), args=_remove_args(b), client=pipe)
+            args = [*_remove_args(b), self.tomb_field(b.vip_bundle_id)]
+            self._remove(keys=self._bundle_keys(b), args=args, client=pipe)
         return [int(r) for r in pipe.execute()]
 
     def _bundle_keys(self, b: Bundle) -> list[str]:
@@ -109,7 +112,7 @@ class BundleRetention:
 
     def tombstone(self, bundle_id: str) -> str | None:
         """The request digest an archived bundle left in Redis (None: not archived)."""
-        value = self.redis.hget(self.tomb_key(bundle_id), bundle_id)
+        value = self.redis.hget(self.tomb_key(bundle_id), self.tomb_field(bundle_id))
         return None if value is None else as_text(value)
 
     def restore(self, bundle: Bundle) -> bool:
@@ -134,6 +137,7 @@ class BundleRetention:
             time.time(),
             bundle.created_at.timestamp(),
             bundle.booking_id,
+            self.tomb_field(bundle.vip_bundle_id),
         ]
         for step, n in bundle.starts.items():
             args += [f"{STARTS}{step}", n]
@@ -169,5 +173,5 @@ class BundleRetention:
         )
 
 
-def _remove_args(b: Bundle) -> list[str | int]:
+def _remove_args(b: Bundle) -> list[str | int | bytes]:
     return [b.version, str(b.status), b.vip_bundle_id, b.booking_id, b.request_digest()]

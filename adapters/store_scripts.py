@@ -14,7 +14,15 @@ TRANSITION = """
 --       then for each event applied, in order: name, json ('' = not published),
 --       move ('from>to', '' on creation)
 -- An id whose bundle went to the archive is not created again (idempotency survives it).
-if #KEYS > 10 and redis.call('HEXISTS', KEYS[11], ARGV[6]) == 1 then return 'archived' end
+-- Its tombstone's field is the id's 16 bytes (store_keys.tomb_field, the same in Python).
+if #KEYS > 10 then
+  local hex = (string.gsub(string.lower(ARGV[6]), '[^0-9a-f]', ''))
+  local field = ARGV[6]
+  if #hex == 32 then
+    field = (string.gsub(hex, '..', function(b) return string.char(tonumber(b, 16)) end))
+  end
+  if redis.call('HEXISTS', KEYS[11], field) == 1 then return 'archived' end
+end
 local current = redis.call('HGET', KEYS[1], 'version')
 if current == false then current = '0' end
 if current ~= ARGV[1] then return current end
@@ -98,11 +106,12 @@ ARCHIVE_REMOVE = """
 -- KEYS: bundle hash, its (final) status index, in-flight index, booking-id index (hash),
 --       email index, correlation index, tombstone bucket (hash),
 --       [more status indexes the bundle is in, e.g. its tenant's: ZREM'd too]
--- ARGV: archived version, archived status, bundle id, booking id, request digest
+-- ARGV: archived version, archived status, bundle id, booking id, request digest,
+--       tombstone field (store_keys.tomb_field)
 -- Returns 1 removed, 0 changed since (kept), 2 gone already (a second pass).
 local version = redis.call('HGET', KEYS[1], 'version')
 if version == false then
-  if redis.call('HEXISTS', KEYS[7], ARGV[3]) == 1 then return 2 end
+  if redis.call('HEXISTS', KEYS[7], ARGV[6]) == 1 then return 2 end
   return 0
 end
 if version ~= ARGV[1] or redis.call('HGET', KEYS[1], 'status') ~= ARGV[2] then return 0 end
@@ -114,7 +123,7 @@ redis.call('ZREM', KEYS[5], ARGV[3])
 redis.call('ZREM', KEYS[6], ARGV[3])
 -- Per-tenant status index (added with tenants): passed as KEYS[8] when the bundle has one.
 for i = 8, #KEYS do redis.call('ZREM', KEYS[i], ARGV[3]) end
-redis.call('HSET', KEYS[7], ARGV[3], ARGV[5])
+redis.call('HSET', KEYS[7], ARGV[6], ARGV[5])
 return 1
 """
 
@@ -124,16 +133,16 @@ RESTORE = """
 -- KEYS: bundle hash, its status index, booking-id index, email index, correlation index,
 --       tombstone bucket, [more status indexes, e.g. its tenant's]
 -- ARGV: bundle id, version, status, doc, undo round, status score, created score,
---       booking id, then start counters as field, value pairs
+--       booking id, tombstone field, then start counters as field, value pairs
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'version', ARGV[2], 'status', ARGV[3], 'doc', ARGV[4],
            'round', ARGV[5])
-for i = 9, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 10, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[8], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[7], ARGV[1])
 redis.call('ZADD', KEYS[5], ARGV[7], ARGV[1])
 for i = 7, #KEYS do redis.call('ZADD', KEYS[i], ARGV[6], ARGV[1]) end
-redis.call('HDEL', KEYS[6], ARGV[1])
+redis.call('HDEL', KEYS[6], ARGV[9])
 return 1
 """
