@@ -157,6 +157,7 @@ class BundleStore(BundleRetention, BundleQueries):
             "1" if new.status in IN_FLIGHT else "",
             new.compensation_failures,  # the undo round, for `start`
             new.booking_id if old is None else "",
+            self.tomb_field(new.vip_bundle_id) if old is None else "",
         ]
         for source, event in steps:
             # The target from the table, not from the history: a parked bundle's repeated

@@ -58,8 +58,7 @@ class BundleKeys:
 
     @staticmethod
     def tomb_field(bundle_id: str) -> bytes:
-        """A tombstone's field: the id's 16 bytes when it is a UUID (the creation script
-        computes the same in Lua), else the id itself."""
+        """A tombstone's field: the id's 16 bytes when it is a UUID, else the id itself."""
         digits = re.sub("[^0-9a-f]", "", bundle_id.lower())
         return bytes.fromhex(digits) if len(digits) == 32 else bundle_id.encode()
 

@@ -10,19 +10,11 @@ TRANSITION = """
 --        tombstone bucket of archived bundles (adapters/store_retention.py)]
 -- ARGV: expected version, new version, doc, new status, score, bundle id, stream maxlen,
 --       moves ttl, created score, in flight ('1' or ''), undo round (for `start`),
---       booking id ('' but on creation),
+--       booking id ('' but on creation), tombstone field ('' but on creation),
 --       then for each event applied, in order: name, json ('' = not published),
 --       move ('from>to', '' on creation)
 -- An id whose bundle went to the archive is not created again (idempotency survives it).
--- Its tombstone's field is the id's 16 bytes (store_keys.tomb_field, the same in Python).
-if #KEYS > 10 then
-  local hex = (string.gsub(string.lower(ARGV[6]), '[^0-9a-f]', ''))
-  local field = ARGV[6]
-  if #hex == 32 then
-    field = (string.gsub(hex, '..', function(b) return string.char(tonumber(b, 16)) end))
-  end
-  if redis.call('HEXISTS', KEYS[11], field) == 1 then return 'archived' end
-end
+if #KEYS > 10 and redis.call('HEXISTS', KEYS[11], ARGV[13]) == 1 then return 'archived' end
 local current = redis.call('HGET', KEYS[1], 'version')
 if current == false then current = '0' end
 if current ~= ARGV[1] then return current end
@@ -31,7 +23,7 @@ redis.call('HSET', KEYS[1], 'version', ARGV[2], 'status', ARGV[4], 'doc', ARGV[3
 if KEYS[2] ~= KEYS[3] then redis.call('ZREM', KEYS[2], ARGV[6]) end
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
 local moved = false
-for i = 13, #ARGV, 3 do
+for i = 14, #ARGV, 3 do
   if ARGV[i + 1] ~= '' then
     redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*',
                'event_name', ARGV[i], 'vip_bundle_id', ARGV[6], 'data', ARGV[i + 1])

@@ -53,6 +53,9 @@ ORDER = [
     "8-cancel-twice",
     "8-cancel-outage",
     "8-cancel-random",
+    "9-archive-kill",
+    "9-archive-pg-down",
+    "9-archive-redis-kill",
 ]
 
 INTRO = f"""# Reliability: what the saga survives, measured
@@ -91,6 +94,26 @@ The default `pytest` run skips them (`-m "not slow"`); CI runs both.
 
 # What each scenario shows beyond its numbers.
 NOTES: dict[str, str] = {
+    "9-archive-kill": (
+        "Retention (`vip-bundles archive run` with its clock a week and a day on, batches of 5, "
+        "into a PostgreSQL database of the scenario's own). Killed before its first commit: "
+        "everything stays in Redis, the archive is empty. Killed after a commit, before the "
+        "removal from Redis: the committed batch is *in both*, nothing is *in neither*. A "
+        "second pass writes the batch again (the upsert keeps the newest version) and removes "
+        "it: every bundle archived once, none left in Redis, and the invariants and the audit "
+        "hold over Redis and the archive together."
+    ),
+    "9-archive-pg-down": (
+        "PostgreSQL unreachable, then the archiver's connection terminated mid-write: each pass "
+        "exits 2 (`nothing was removed from Redis`), no tombstone is written; with PostgreSQL "
+        "back, the next pass archives every bundle."
+    ),
+    "9-archive-redis-kill": (
+        "The Redis server is killed while the removal waits (after the batch was committed) and "
+        "started again from its append-only file: the archiver fails, every bundle is still in "
+        "Redis (some in both), and the next pass finishes. (A removal script itself is atomic: "
+        "Redis applies all of it or none, in memory and in its append-only file.)"
+    ),
     "1-kill-redelivery": (
         "Five bundles are each held 20 s inside a different step kind (the simulator delays "
         "that call), then the worker's whole process group is killed. No reconciler runs. The "
