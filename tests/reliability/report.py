@@ -66,7 +66,8 @@ settle, and then checks the invariants of `tests/reliability/invariants.py` over
 partners saw (`/_sim/calls`, flight tickets, refunds, receipts, seat counts) and over what Redis
 holds (each bundle, its status index, the events stream):
 
-- every bundle is stored, in exactly one status index, and `finalized`, `failed`, `cancelled`,
+- every bundle is stored, in exactly one status index (or, once archived, in the scenario's
+  archive and in no Redis index), and `finalized`, `failed`, `cancelled`,
   or parked in `compensation_failed` (counted as *parked* and listed); none *stuck* in flight,
   none *lost*;
 - a finalized bundle holds its show tickets and both legs; nothing refunded, voided, cancelled;
@@ -278,6 +279,11 @@ HEALED_BY = [
         "malformed requests, garbage on the queue",
         "pydantic validation at the doors; JSON-only content; `adapters/broker.py` for what "
         "would stop the worker",
+    ),
+    (
+        "archiving killed, PostgreSQL down, Redis killed mid-removal",
+        "committed to the archive before anything leaves Redis; one version-checked removal "
+        "script per bundle; the next pass (the archive's upsert keeps the newest version)",
     ),
 ]
 
