@@ -38,6 +38,12 @@ class BundleKeys:
         return f"{self.prefix}counts:moves:{minute}"
 
     @property
+    def archived_counts_key(self) -> str:
+        """Hash: final status -> bundles of it moved to the archive (kept by the removal and
+        restore scripts), so counts need not ask the archive."""
+        return f"{self.prefix}counts:archived"
+
+    @property
     def in_flight_key(self) -> str:
         """Sorted set of bundles neither settled nor parked, scored by creation time."""
         return f"{self.prefix}in-flight"

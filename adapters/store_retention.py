@@ -71,6 +71,7 @@ class BundleRetention:
     _email_index: Any
     _correlation_index: Any
     tomb_key: Any
+    archived_counts_key: str
     tomb_field: Any
     settled: Any
 
@@ -105,6 +106,7 @@ class BundleRetention:
             self._email_index(b.customer_email),
             self._correlation_index(b.correlation_id),
             self.tomb_key(b.vip_bundle_id),
+            self.archived_counts_key,
         ]
         # TENANTS: the per-tenant status index the HTTP door's tenants add goes here, e.g.
         # `if b.tenant: keys.append(self.tenant_status_key(b.tenant, b.status))`.
@@ -125,8 +127,10 @@ class BundleRetention:
             self._email_index(bundle.customer_email),
             self._correlation_index(bundle.correlation_id),
             self.tomb_key(bundle.vip_bundle_id),
+            self.archived_counts_key,
         ]
-        args: list[str | int | float] = [
+        # TENANTS: its tenant's status index goes here too (the script ZADDs KEYS[8:]).
+        args: list[str | int | float | bytes] = [
             bundle.vip_bundle_id,
             bundle.version,
             str(bundle.status),

@@ -96,7 +96,7 @@ return redis.call('GET', KEYS[1])
 # archived: a bundle touched in between (a drift finding, a cancel) stays.
 ARCHIVE_REMOVE = """
 -- KEYS: bundle hash, its (final) status index, in-flight index, booking-id index (hash),
---       email index, correlation index, tombstone bucket (hash),
+--       email index, correlation index, tombstone bucket (hash), archived counts (hash),
 --       [more status indexes the bundle is in, e.g. its tenant's: ZREM'd too]
 -- ARGV: archived version, archived status, bundle id, booking id, request digest,
 --       tombstone field (store_keys.tomb_field)
@@ -113,9 +113,10 @@ redis.call('ZREM', KEYS[3], ARGV[3])
 redis.call('HDEL', KEYS[4], ARGV[4])
 redis.call('ZREM', KEYS[5], ARGV[3])
 redis.call('ZREM', KEYS[6], ARGV[3])
--- Per-tenant status index (added with tenants): passed as KEYS[8] when the bundle has one.
-for i = 8, #KEYS do redis.call('ZREM', KEYS[i], ARGV[3]) end
+-- Per-tenant status index (added with tenants): passed as KEYS[9] when the bundle has one.
+for i = 9, #KEYS do redis.call('ZREM', KEYS[i], ARGV[3]) end
 redis.call('HSET', KEYS[7], ARGV[6], ARGV[5])
+redis.call('HINCRBY', KEYS[8], ARGV[2], 1)
 return 1
 """
 
@@ -123,7 +124,7 @@ return 1
 # its indexes, and drops its tombstone; never over a bundle that is there.
 RESTORE = """
 -- KEYS: bundle hash, its status index, booking-id index, email index, correlation index,
---       tombstone bucket, [more status indexes, e.g. its tenant's]
+--       tombstone bucket, archived counts (hash), [more status indexes, e.g. its tenant's]
 -- ARGV: bundle id, version, status, doc, undo round, status score, created score,
 --       booking id, tombstone field, then start counters as field, value pairs
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -134,7 +135,7 @@ redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[8], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[7], ARGV[1])
 redis.call('ZADD', KEYS[5], ARGV[7], ARGV[1])
-for i = 7, #KEYS do redis.call('ZADD', KEYS[i], ARGV[6], ARGV[1]) end
-redis.call('HDEL', KEYS[6], ARGV[9])
+for i = 8, #KEYS do redis.call('ZADD', KEYS[i], ARGV[6], ARGV[1]) end
+if redis.call('HDEL', KEYS[6], ARGV[9]) == 1 then redis.call('HINCRBY', KEYS[7], ARGV[3], -1) end
 return 1
 """

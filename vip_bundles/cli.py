@@ -318,10 +318,13 @@ def stats() -> None:
     table.add_column("status")
     table.add_column("kind")
     table.add_column("bundles", justify="right")
+    table.add_column("archived", justify="right")
+    archived = st.archived_counts()
     for s in Status:
         kind = "in flight" if s in IN_FLIGHT else "final" if s in FINAL else "parked"
         style = "bold yellow" if s is Status.COMPENSATION_FAILED and counts[s] else None
-        table.add_row(s.value, kind, f"{counts[s]:,}", style=style)
+        moved = f"{archived[s]:,}" if s in FINAL else ""
+        table.add_row(s.value, kind, f"{counts[s]:,}", moved, style=style)
     console.print(table)
     console.print(memory_lines(st))
 

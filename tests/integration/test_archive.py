@@ -84,6 +84,8 @@ def test_a_bundle_settled_past_retention_moves_with_every_index_entry(
         assert [b.vip_bundle_id for b in found.search(text)] == [bundle.vip_bundle_id]
     assert bundle.vip_bundle_id in [b.vip_bundle_id for b in found.list(Status.FINALIZED)]
     assert found.count(Status.FINALIZED) == store.count(Status.FINALIZED) + 1
+    assert store.archived_counts()[Status.FINALIZED] == 1
+    assert store.counts()[Status.FINALIZED] == store.count(Status.FINALIZED) + 1
 
 
 def test_pages_of_a_final_status_continue_into_the_archive(
@@ -178,6 +180,7 @@ def test_an_archived_bundle_restored_is_live_again_with_its_indexes(
     assert all(v for v in keys_of(store, bundle).values())
     assert store.tombstone(bundle.vip_bundle_id) is None
     assert store.get(bundle.vip_bundle_id).model_dump() == bundle.model_dump()
+    assert store.archived_counts()[Status.FINALIZED] == 0  # counted live again
     assert archive.list(Status.FINALIZED) == []  # a restored row is not listed
     # It settles again (cancelled) and is archived again: the row is replaced.
     cancelled = store.apply(bundle.vip_bundle_id, lambda b: saga.cancel(b, "changed plans"))
