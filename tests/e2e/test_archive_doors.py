@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 
 import httpx
 import pytest
@@ -177,3 +178,22 @@ def test_console_and_metrics_show_redis_memory_and_retention(saga: Saga, archivi
         metrics = httpx.get(f"{url}/metrics").text
         for name in ("redis_used_memory_bytes", "redis_maxmemory_bytes", "settled_memory_bytes"):
             assert f"vip_bundles_{name} " in metrics
+
+
+def test_the_celery_door_cancels_archived_bundles_as_live_ones(saga: Saga, archiving: str):
+    body = request()
+    saga.sim.set_flight_seats(body["return_flight_id"], 0)
+    failed = saga.run(body)
+    assert failed.status is Status.FAILED
+    archived(saga, request())  # archives everything settled, the failed one too
+    assert store().get(failed.vip_bundle_id) is None
+
+    def cancel(bundle_id: str) -> dict:
+        kwargs = {"vip_bundle_id": bundle_id, "reason": "changed plans"}
+        return app.send_task("vip_bundle.cancel", kwargs=kwargs, queue="vip-bundles").get(30)
+
+    with pytest.raises(Exception, match="already failed"):
+        cancel(failed.vip_bundle_id)
+    assert store().get(failed.vip_bundle_id) is None  # refused: not brought back
+    with pytest.raises(Exception, match="no vip bundle"):
+        cancel(str(uuid.uuid4()))
