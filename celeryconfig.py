@@ -93,6 +93,7 @@ task_routes = {
         "routing_key": COMPENSATION_QUEUE,
     },
     "vip_bundle.audit": {"queue": COMPENSATION_QUEUE, "routing_key": COMPENSATION_QUEUE},
+    "vip_bundle.archive": {"queue": COMPENSATION_QUEUE, "routing_key": COMPENSATION_QUEUE},
 }
 
 # Task events cost a bare chain about 30% of its throughput, so they are paid for only while
@@ -115,5 +116,11 @@ beat_schedule = {
         "task": "vip_bundle.audit",
         "schedule": _s.audit_every_s,
         "options": {"queue": COMPENSATION_QUEUE, "expires": _s.audit_every_s},
+    },
+    # Retention (tasks/archive.py): settled bundles past RETENTION_S go to ARCHIVE_URL.
+    "archive-vip-bundles": {
+        "task": "vip_bundle.archive",
+        "schedule": _s.archive_every_s,
+        "options": {"queue": COMPENSATION_QUEUE, "expires": _s.archive_every_s},
     },
 }

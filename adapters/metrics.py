@@ -161,13 +161,17 @@ class RedisCollector:
         pipe.hgetall(st.event_counts_key)
         pipe.hgetall(metrics_key(st.prefix))
         pipe.zrange(st.in_flight_key, 0, 0, withscores=True)
-        *sizes, events_raw, sums_raw, oldest = pipe.execute()
+        pipe.hgetall(st.archived_counts_key)
+        *sizes, events_raw, sums_raw, oldest, archived_raw = pipe.execute()
 
         bundles = GaugeMetricFamily(
-            "vip_bundles_bundles", "Bundles in each status (status indexes)", labels=["status"]
+            "vip_bundles_bundles",
+            "Bundles in each status (status indexes, plus those moved to the archive)",
+            labels=["status"],
         )
+        archived = {_text(k): int(v) for k, v in archived_raw.items()}
         for status, n in zip(Status, sizes, strict=True):
-            bundles.add_metric([status.value], int(n))
+            bundles.add_metric([status.value], int(n) + archived.get(status.value, 0))
         yield bundles
 
         age = GaugeMetricFamily(

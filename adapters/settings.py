@@ -74,6 +74,15 @@ class Settings(BaseSettings):
     # courtesy filters); beyond it, it fetches each whole list once. 0: always whole lists.
     audit_filtered_calls: int = Field(default=20, ge=0)
 
+    # Retention (adapters/archiver.py): a settled bundle stays in Redis this long after it
+    # settled, then beat moves it to the PostgreSQL archive at ARCHIVE_URL, at most
+    # `archive_batch` per transaction, every `archive_every_s`. Without ARCHIVE_URL nothing
+    # leaves Redis.
+    archive_url: SecretStr | None = None
+    retention_s: float = Field(default=7 * 24 * 3600, ge=0)
+    archive_every_s: float = Field(default=300.0, gt=0)
+    archive_batch: int = Field(default=1000, ge=1)
+
     # Celery task events from the start (Flower turns them on in running workers anyway).
     task_events: bool = False
 
@@ -106,6 +115,11 @@ class Settings(BaseSettings):
     def sentinel_addresses(self) -> list[tuple[str, int]]:
         """REDIS_SENTINELS as (host, port) pairs; [] without Sentinel."""
         return host_ports(self.redis_sentinels or "")
+
+    @field_validator("archive_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def broker(self) -> str:

@@ -18,6 +18,7 @@ from redis import Redis
 from adapters import store_scripts as scripts
 from adapters.redis_connection import NotReplicated, follow_master
 from adapters.store_queries import STARTS, BundleQueries, as_text, bundle_from_hash
+from adapters.store_retention import BundleArchived, BundleRetention
 from process_manager import saga
 from process_manager.bundle import FINAL, IN_FLIGHT, Bundle, Status
 from process_manager.messages import Event
@@ -43,7 +44,7 @@ class Applied:
     events: tuple[Event, ...] = ()  # every event written (`event` and what `then` added)
 
 
-class BundleStore(BundleQueries):
+class BundleStore(BundleRetention, BundleQueries):
     def __init__(self, redis: Redis, prefix: str = "vip-bundles:", stream_maxlen: int = 1_000_000):
         self.redis = redis
         self.prefix = prefix
@@ -52,6 +53,8 @@ class BundleStore(BundleQueries):
         self._transition = redis.register_script(scripts.TRANSITION)
         self._start = redis.register_script(scripts.START)
         self._advance = redis.register_script(scripts.ADVANCE_CURSOR)
+        self._remove = redis.register_script(scripts.ARCHIVE_REMOVE)
+        self._restore = redis.register_script(scripts.RESTORE)
 
     # --- reads of one bundle (the queries: adapters/store_queries.py) ---
     def get(self, bundle_id: str) -> Bundle | None:
@@ -67,11 +70,17 @@ class BundleStore(BundleQueries):
 
     # --- writes ---
     def create(self, bundle: Bundle, event: Event) -> tuple[Bundle, bool]:
-        """Store a new bundle with its first event; (stored bundle, False) if the id exists."""
+        """Store a new bundle with its first event; (stored bundle, False) if the id exists.
+
+        `BundleArchived` if the id names a bundle moved to the archive (its tombstone)."""
         first = bundle.model_copy(update={"version": 0, "history": []})
         stored = saga.apply_initial(first, event)
         if self._write(None, stored, [(None, event)]):
             return stored, True
+        if (existing := self.get(bundle.vip_bundle_id)) is not None:
+            return existing, False
+        if (digest := self.tombstone(bundle.vip_bundle_id)) is not None:
+            raise BundleArchived(bundle.vip_bundle_id, digest)
         return self.require(bundle.vip_bundle_id), False
 
     def save(self, old: Bundle, new: Bundle, event: Event | None) -> bool:
@@ -149,9 +158,12 @@ class BundleStore(BundleQueries):
             "1" if new.status in IN_FLIGHT else "",
             new.compensation_failures,  # the undo round, for `start`
             new.booking_id if old is None else "",
+            self.tomb_field(new.vip_bundle_id) if old is None else "",
         ]
-        targets = [entry.to_status for entry in new.history[-len(steps) :]] if steps else []
-        for (source, event), target in zip(steps, targets, strict=True):
+        for source, event in steps:
+            # The target from the table, not from the history: a parked bundle's repeated
+            # rounds are counted on its last entries, not appended (saga.apply).
+            target = new.status if source is None else saga.TRANSITIONS[(source, type(event))]
             message = event.to_message() if event.published else None
             args += [
                 event.name(),
@@ -163,6 +175,7 @@ class BundleStore(BundleQueries):
                 self._booking_index(),
                 self._email_index(new.customer_email),
                 self._correlation_index(new.correlation_id),
+                self.tomb_key(new.vip_bundle_id),
             ]
         if new.tenant is not None:  # the tenant's own status indexes, last (see TRANSITION)
             keys += [

@@ -31,11 +31,20 @@ class BundleQueries(BundleKeys):
         return int(self.redis.zcard(self.status_key(status, tenant)))
 
     def counts(self) -> dict[Status, int]:
-        """Bundles in every status, from the status indexes (one round trip, no scan)."""
+        """Bundles in every status, archived ones included: the status indexes plus the
+        archived counters (one round trip, no scan)."""
         pipe = self.redis.pipeline(transaction=False)
         for status in Status:
             pipe.zcard(self.status_key(status))
-        return {status: int(n) for status, n in zip(Status, pipe.execute(), strict=True)}
+        pipe.hgetall(self.archived_counts_key)
+        *live, archived = pipe.execute()
+        more = {as_text(k): int(v) for k, v in archived.items()}
+        return {s: int(n) + more.get(s.value, 0) for s, n in zip(Status, live, strict=True)}
+
+    def archived_counts(self) -> dict[Status, int]:
+        """Bundles of each final status moved to the archive (what the scripts counted)."""
+        raw = {as_text(k): int(v) for k, v in self.redis.hgetall(self.archived_counts_key).items()}
+        return {s: raw.get(s.value, 0) for s in FINAL}
 
     def event_counts(self) -> dict[str, int]:
         raw = self.redis.hgetall(self.event_counts_key)

@@ -6,14 +6,17 @@
 TRANSITION = """
 -- KEYS: bundle hash, old status index, new status index, events stream,
 --       event counters (hash), this minute's moves (hash), in-flight index,
---       [on creation only: booking-id index (hash), email index, correlation index],
+--       [on creation only: booking-id index (hash), email index, correlation index,
+--        tombstone bucket of archived bundles (adapters/store_retention.py)],
 --       [a tenant's bundle only, always last: its tenant's old and new status index]
---       So #KEYS is 7 or 10 (creation) plus 2 for a tenant's bundle: 7, 9, 10 or 12.
+--       So #KEYS is 7 or 11 (creation), plus 2 for a tenant's bundle: 7, 9, 11 or 13.
 -- ARGV: expected version, new version, doc, new status, score, bundle id, stream maxlen,
 --       moves ttl, created score, in flight ('1' or ''), undo round (for `start`),
---       booking id ('' but on creation),
+--       booking id ('' but on creation), tombstone field ('' but on creation),
 --       then for each event applied, in order: name, json ('' = not published),
 --       move ('from>to', '' on creation)
+-- An id whose bundle went to the archive is not created again (idempotency survives it).
+if #KEYS >= 11 and redis.call('HEXISTS', KEYS[11], ARGV[13]) == 1 then return 'archived' end
 local current = redis.call('HGET', KEYS[1], 'version')
 if current == false then current = '0' end
 if current ~= ARGV[1] then return current end
@@ -22,7 +25,7 @@ redis.call('HSET', KEYS[1], 'version', ARGV[2], 'status', ARGV[4], 'doc', ARGV[3
 if KEYS[2] ~= KEYS[3] then redis.call('ZREM', KEYS[2], ARGV[6]) end
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
 local moved = false
-for i = 13, #ARGV, 3 do
+for i = 14, #ARGV, 3 do
   if ARGV[i + 1] ~= '' then
     redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*',
                'event_name', ARGV[i], 'vip_bundle_id', ARGV[6], 'data', ARGV[i + 1])
@@ -43,12 +46,12 @@ else
 end
 -- A tenant's status indexes, moved like the global ones, so that a tenant's lists page over
 -- its own bundles (a bundle's tenant never changes).
-if #KEYS == 9 or #KEYS == 12 then
+if #KEYS == 9 or #KEYS == 13 then
   if KEYS[#KEYS - 1] ~= KEYS[#KEYS] then redis.call('ZREM', KEYS[#KEYS - 1], ARGV[6]) end
   redis.call('ZADD', KEYS[#KEYS], ARGV[5], ARGV[6])
 end
 -- Search indexes: these fields never change after creation, so they are written once, here.
-if #KEYS >= 10 then
+if #KEYS >= 11 then
   redis.call('HSET', KEYS[8], ARGV[12], ARGV[6])
   redis.call('ZADD', KEYS[9], ARGV[9], ARGV[6])
   redis.call('ZADD', KEYS[10], ARGV[9], ARGV[6])
@@ -94,4 +97,53 @@ if current == false or tonumber(current) < tonumber(ARGV[1]) then
   redis.call('SET', KEYS[1], ARGV[1])
 end
 return redis.call('GET', KEYS[1])
+"""
+
+# Removes an archived bundle from Redis, with every index entry it has, and leaves its
+# tombstone (what idempotency needs), only if it is still the version and status that was
+# archived: a bundle touched in between (a drift finding, a cancel) stays.
+ARCHIVE_REMOVE = """
+-- KEYS: bundle hash, its (final) status index, in-flight index, booking-id index (hash),
+--       email index, correlation index, tombstone bucket (hash), archived counts (hash),
+--       [more status indexes the bundle is in, e.g. its tenant's: ZREM'd too]
+-- ARGV: archived version, archived status, bundle id, booking id, request digest,
+--       tombstone field (store_keys.tomb_field)
+-- Returns 1 removed, 0 changed since (kept), 2 gone already (a second pass).
+local version = redis.call('HGET', KEYS[1], 'version')
+if version == false then
+  if redis.call('HEXISTS', KEYS[7], ARGV[6]) == 1 then return 2 end
+  return 0
+end
+if version ~= ARGV[1] or redis.call('HGET', KEYS[1], 'status') ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[3])
+redis.call('ZREM', KEYS[3], ARGV[3])
+redis.call('HDEL', KEYS[4], ARGV[4])
+redis.call('ZREM', KEYS[5], ARGV[3])
+redis.call('ZREM', KEYS[6], ARGV[3])
+-- Per-tenant status index (added with tenants): passed as KEYS[9] when the bundle has one.
+for i = 9, #KEYS do redis.call('ZREM', KEYS[i], ARGV[3]) end
+redis.call('HSET', KEYS[7], ARGV[6], ARGV[5])
+redis.call('HINCRBY', KEYS[8], ARGV[2], 1)
+return 1
+"""
+
+# Brings an archived bundle back into Redis (a cancel of an archived finalized bundle), with
+# its indexes, and drops its tombstone; never over a bundle that is there.
+RESTORE = """
+-- KEYS: bundle hash, its status index, booking-id index, email index, correlation index,
+--       tombstone bucket, archived counts (hash), [more status indexes, e.g. its tenant's]
+-- ARGV: bundle id, version, status, doc, undo round, status score, created score,
+--       booking id, tombstone field, then start counters as field, value pairs
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'version', ARGV[2], 'status', ARGV[3], 'doc', ARGV[4],
+           'round', ARGV[5])
+for i = 10, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[8], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[7], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[7], ARGV[1])
+for i = 8, #KEYS do redis.call('ZADD', KEYS[i], ARGV[6], ARGV[1]) end
+if redis.call('HDEL', KEYS[6], ARGV[9]) == 1 then redis.call('HINCRBY', KEYS[7], ARGV[3], -1) end
+return 1
 """

@@ -113,15 +113,17 @@ def _transition(bundle_id: str, step: str) -> None:
     ]
     maxlen = get_settings().events_stream_maxlen
     args: list[Any] = [w.version, w.version + 1, w.doc, str(w.status), now, bundle_id, maxlen]
-    args += [MOVES_TTL_S, now, "1" if w.status in IN_FLIGHT else "", 0, ""]
+    args += [MOVES_TTL_S, now, "1" if w.status in IN_FLIGHT else "", 0, "", ""]
     for name, message, move in w.events:
         args += [name, message, move]
     if step == "create":
         args[11] = f"booking-{bundle_id}"
+        args[12] = st.tomb_field(bundle_id)
         keys += [
             st._booking_index(),
             st._email_index(REQUEST["customer_email"]),
             st._correlation_index(bundle_id),
+            st.tomb_key(bundle_id),  # the creation script checks the id was not archived
         ]
     if st._transition(keys=keys, args=args) not in (b"ok", "ok"):
         raise RuntimeError(f"floor bundle {bundle_id}: version moved")

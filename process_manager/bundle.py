@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import uuid
 from datetime import datetime
 from enum import StrEnum
@@ -48,6 +51,11 @@ class HistoryEntry(BaseModel):
     to_status: Status
     event_id: str | None = None
     detail: str | None = None
+    # A parked bundle retried round after round without progress: the same entry counts the
+    # rounds after the first (`repeats`, the last one at `last_at`) instead of growing the
+    # document by two entries a round (process_manager/saga.py, `_history`).
+    repeats: int = 0
+    last_at: datetime | None = None
 
 
 class Failure(BaseModel):
@@ -89,6 +97,24 @@ def booking_id_for(vip_bundle_id: str) -> str:
     return str(uuid.uuid5(BOOKING_NAMESPACE, vip_bundle_id))
 
 
+def request_digest(
+    email: str,
+    tickets: int,
+    show_id: str,
+    passengers: list[str],
+    inbound: str,
+    ret: str,
+    tenant: str | None = None,
+) -> str:
+    """64 bits of SHA-256 over a request's fields and its tenant, base64url (11 characters)."""
+    fields: list[object] = [email, tickets, show_id, list(passengers), inbound, ret]
+    if tenant is not None:  # an id another tenant holds names a different request
+        fields.append(tenant)
+    canonical = json.dumps(fields)
+    raw = hashlib.sha256(canonical.encode()).digest()[:8]
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
 class Bundle(BaseModel):
     """One bundle as stored in Redis (a single JSON document, versioned for compare-and-set)."""
 
@@ -128,6 +154,9 @@ class Bundle(BaseModel):
     # Starts of each step (`saga.start_key` -> count), read with the document from the bundle's
     # hash; never part of the document itself.
     starts: dict[str, int] = Field(default_factory=dict, exclude=True)
+    # When the bundle was moved to the archive (set by the archive when it reads one back;
+    # None for a bundle live in Redis); never part of the document itself.
+    archived_at: datetime | None = Field(default=None, exclude=True)
 
     @classmethod
     def from_request(
@@ -158,6 +187,19 @@ class Bundle(BaseModel):
             and self.passengers == list(request.passengers)
             and self.inbound_flight_id == str(request.inbound_flight_id)
             and self.return_flight_id == str(request.return_flight_id)
+        )
+
+    def request_digest(self) -> str:
+        """A short fingerprint of what `same_request` compares: what Redis keeps of an archived
+        bundle, so the same id sent again is still told apart from a different request."""
+        return request_digest(
+            self.customer_email,
+            self.number_of_tickets,
+            self.show_id,
+            self.passengers,
+            self.inbound_flight_id,
+            self.return_flight_id,
+            self.tenant,
         )
 
     def flight_id(self, leg: Leg) -> str:

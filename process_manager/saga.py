@@ -550,9 +550,52 @@ def apply(bundle: Bundle, event: Event, now: datetime | None = None) -> Bundle:
             "status": target,
             "version": bundle.version + 1,
             "updated_at": now,
-            "history": [*bundle.history, entry],
+            "history": _history(bundle.history, entry),
         }
     )
+
+
+# A parked bundle's retry rounds: taken up again, and (no progress) parked again.
+RESUMES = frozenset({RollbackResumed.name(), CancellationResumed.name()})
+PARKS = frozenset({CompensationFailed_v1.name()})
+
+
+def _same(a: HistoryEntry, b: HistoryEntry) -> bool:
+    return (a.event, a.from_status, a.to_status) == (b.event, b.from_status, b.to_status)
+
+
+def _history(history: list[HistoryEntry], entry: HistoryEntry) -> list[HistoryEntry]:
+    """The history with `entry` appended; but a retry round that ends parked again with no
+    progress (taken up, then parked at once, nothing undone between) is folded into the
+    previous round's two entries, which count it. An endless retry loop keeps a tail of
+    [resumed xN, parked xN] (plus the open round's resume), not two entries a round."""
+    if entry.event in PARKS and len(history) >= 3:
+        resumed, parked, again = history[-3:]
+        if (
+            again.event in RESUMES
+            and _same(resumed, again)
+            and parked.event in PARKS
+            and _same(parked, entry)
+            and resumed.repeats == parked.repeats
+        ):
+            return [
+                *history[:-3],
+                resumed.model_copy(
+                    update={
+                        "repeats": resumed.repeats + 1,
+                        "last_at": again.at,
+                        "detail": again.detail,
+                    }
+                ),
+                parked.model_copy(
+                    update={
+                        "repeats": parked.repeats + 1,
+                        "last_at": entry.at,
+                        "detail": entry.detail,
+                    }
+                ),
+            ]
+    return [*history, entry]
 
 
 def apply_initial(bundle: Bundle, event: Event) -> Bundle:

@@ -5,6 +5,7 @@ group) and holds the error callback and the process manager task.
 """
 
 from tasks import (  # noqa: F401  (register)
+    archive,
     audit,
     cancel,
     compensation,

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from adapters.finder import BundleFinder
 from adapters.partners import Partners
 from adapters.settings import get_settings
 from adapters.store import BundleStore
@@ -58,7 +59,7 @@ def partner_records(
 
 
 def audit(
-    st: BundleStore,
+    st: BundleStore | BundleFinder,
     client: Partners,
     ids: list[str],
     until: float,

@@ -10,8 +10,9 @@ from celery.utils.log import get_task_logger
 from adapters.settings import get_settings
 from adapters.store import BundleNotFound
 from process_manager import saga
-from process_manager.bundle import Bundle
+from process_manager.bundle import Bundle, Status
 from process_manager.messages import CancelVipBundle, Event, InvalidRequest, parse_cancel
+from tasks.archive import archive
 from tasks.celery_app import app, store
 from tasks.saga import take_up
 
@@ -39,7 +40,16 @@ def cancel_bundle(vip_bundle_id: str, reason: str, who: str | None = None) -> Bu
             return None
         return outcome
 
-    applied = store().apply(vip_bundle_id, decide)
+    try:
+        applied = store().apply(vip_bundle_id, decide)
+    except BundleNotFound:
+        if (archived := _from_archive(vip_bundle_id)) is None:
+            raise
+        if archived.status is not Status.FINALIZED:  # failed: refused; cancelled: as it is
+            if isinstance(outcome := saga.cancel(archived, reason, who), saga.CancelRefused):
+                raise CancelRefused(outcome.reason) from None
+            return archived
+        applied = store().apply(vip_bundle_id, decide)
     if refused:
         raise CancelRefused(refused[0].reason)
     if applied.event is None:
@@ -54,6 +64,20 @@ def _confirmed(bundle: Bundle) -> Bundle:
     """`bundle` once its stored version (the cancel) is on a replica too."""
     timeout_s = get_settings().replica_ack_timeout_s
     store().confirm_replicated(bundle.vip_bundle_id, bundle.version, timeout_s)
+    return bundle
+
+
+def _from_archive(vip_bundle_id: str) -> Bundle | None:
+    """An archived bundle; a finalized one is first brought back into Redis (to be undone as a
+    live one; the archive row is replaced when it is archived again)."""
+    target = archive()
+    if target is None or (bundle := target.get(vip_bundle_id)) is None:
+        return None
+    if bundle.status is Status.FINALIZED:
+        # Back in Redis (unless it is there already: archived but not yet removed, or a racing
+        # cancel restored it), then the row is marked so lists and searches skip it.
+        store().restore(bundle.model_copy(update={"archived_at": None}))
+        target.mark_restored(vip_bundle_id)
     return bundle
 
 

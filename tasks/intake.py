@@ -7,6 +7,7 @@ from typing import Any
 from celery.utils.log import get_task_logger
 
 from adapters.settings import get_settings
+from adapters.store_retention import BundleArchived
 from process_manager import saga
 from process_manager.bundle import Bundle
 from process_manager.messages import BookVipBundle, InvalidRequest, parse_request
@@ -27,17 +28,28 @@ def book_bundle(
     acknowledged in time. `tenant`: the owner, from the HTTP door's key.
     """
     fresh = Bundle.from_request(request, correlation_id, tenant)
-    bundle, created = store().create(fresh, saga.initialized(fresh))
+    try:
+        bundle, created = store().create(fresh, saga.initialized(fresh))
+    except BundleArchived as archived:
+        # Settled and archived: Redis kept its request's digest. The same request answers the
+        # same ids (derived from the bundle id) and books nothing; another one is refused.
+        if archived.digest != fresh.request_digest():
+            raise _different_request(fresh.vip_bundle_id) from None
+        return fresh, False
     if created:
         # If this process dies before the chain is sent, the reconciler starts it.
         run_forward(bundle)
     elif not bundle.same_request(request, tenant):
-        raise InvalidRequest(
-            f"vip_bundle_id: {bundle.vip_bundle_id} already names a different request",
-            [{"field": "vip_bundle_id", "message": "already names a different request"}],
-        )
+        raise _different_request(bundle.vip_bundle_id)
     store().confirm_replicated(bundle.vip_bundle_id, 1, get_settings().replica_ack_timeout_s)
     return bundle, created
+
+
+def _different_request(bundle_id: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"vip_bundle_id: {bundle_id} already names a different request",
+        [{"field": "vip_bundle_id", "message": "already names a different request"}],
+    )
 
 
 @app.task(name="vip_bundle.book", throws=(InvalidRequest,))

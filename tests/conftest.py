@@ -13,6 +13,7 @@ import os
 
 import pytest
 
+from tests.needs import missing
 from vip_bundles import local_stack
 
 # The Redis server the tests use (TEST_REDIS_URL, else REDIS_URL's server, else the local one).
@@ -27,6 +28,18 @@ atexit.register(RUN_DB.release)
 # (KEY_PREFIX, queue names) stays at the product's defaults.
 os.environ["REDIS_URL"] = RUN_DB.url
 os.environ.pop("KEY_PREFIX", None)
+# The archive (PostgreSQL): a database of its own per run, dropped at the end. Every process of
+# the run (workers, doors) archives there; retention stays at its default (7 days), so nothing
+# is archived unless a test moves the clock (CLOCK_OFFSET_S) or calls the archiver.
+from tests import archive_db  # noqa: E402
+
+os.environ.pop("CLOCK_OFFSET_S", None)
+ARCHIVE_URL = archive_db.claim(RUN_DB.db)
+if ARCHIVE_URL is not None:
+    os.environ["ARCHIVE_URL"] = ARCHIVE_URL
+    atexit.register(archive_db.drop, ARCHIVE_URL)
+else:
+    os.environ.pop("ARCHIVE_URL", None)
 # The session's partner simulator listens here, so that this process's settings (read once)
 # point at it too: the in-process worker of tests/canvas calls the partners from here.
 SIMULATOR_PORT = local_stack.free_port()
@@ -48,6 +61,14 @@ from tests.helpers import Saga  # noqa: E402
 def redis_url() -> Iterator[str]:
     yield RUN_DB.url
     RUN_DB.release()
+
+
+@pytest.fixture(scope="session")
+def archive_url() -> str:
+    """The run's archive database, its tables created (skips without a PostgreSQL)."""
+    if ARCHIVE_URL is None:
+        missing("no PostgreSQL at 127.0.0.1:5432 for the archive (see .ci/run)")
+    return ARCHIVE_URL
 
 
 @pytest.fixture

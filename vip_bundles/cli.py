@@ -130,18 +130,21 @@ def _wait_settled(bundle_ids: list[str], show_bar: bool, timeout: float = 300) -
 @cli.command()
 def status(vip_bundle_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """A bundle's state and its timeline."""
-    from tasks.celery_app import store
+    from tasks.archive import finder
 
-    bundle = store().get(vip_bundle_id)
+    bundle = finder().get(vip_bundle_id)  # live in Redis, or archived
     if bundle is None:
         console.print(f"[red]no vip bundle {vip_bundle_id}[/]")
         raise typer.Exit(1)
     if as_json:
-        sys.stdout.write(bundle.model_dump_json(indent=2) + "\n")
+        data = json.loads(bundle.model_dump_json())
+        data["archived_at"] = bundle.archived_at.isoformat() if bundle.archived_at else None
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
+    archived = f"  archived_at: {bundle.archived_at.isoformat()}" if bundle.archived_at else ""
     console.print(
         f"[bold]{bundle.vip_bundle_id}[/]  status: [bold]{bundle.status}[/]  "
-        f"booking: {bundle.booking_id}"
+        f"booking: {bundle.booking_id}{archived}"
     )
     console.print(f"tickets: {bundle.ticket_ids}")
     console.print(f"flight tickets: { {str(k): v for k, v in bundle.flight_tickets.items()} }")
@@ -165,7 +168,7 @@ def status(vip_bundle_id: str, as_json: Annotated[bool, typer.Option("--json")] 
             h.event,
             str(h.from_status or ""),
             str(h.to_status),
-            h.detail or "",
+            (h.detail or "") + (f" (x{h.repeats + 1} rounds)" if h.repeats else ""),
         )
     console.print(table)
 
@@ -199,14 +202,14 @@ def list_(
 ) -> None:
     """Bundles in one status, most recently changed first."""
     from process_manager.bundle import Status
-    from tasks.celery_app import store
+    from tasks.archive import finder
 
     try:
         wanted = Status(status)
     except ValueError:
         console.print(f"[red]--status: one of {', '.join(s.value for s in Status)}[/]")
         raise typer.Exit(2) from None
-    st = store()
+    st = finder()  # final statuses continue into the archive
     table = Table(title=f"{st.count(wanted)} bundles {wanted}")
     for column in ("vip_bundle_id", "updated", "failure / cancellation"):
         table.add_column(column)
@@ -253,16 +256,18 @@ def audit(
     """Compare settled bundles with the partners' records; exit 1 if anything disagrees."""
     from adapters.partners import PartnerError
     from adapters.settings import get_settings
+    from tasks.archive import finder
     from tasks.audit import audit as run_audit
-    from tasks.celery_app import partners, store
+    from tasks.celery_app import partners
 
     after = _since(since) if since else None
     until = time.time()
-    ids = [i for i, _ in store().settled(after=after, until=until, limit=limit, newest=True)]
+    # Live and archived settled bundles alike.
+    ids = [i for i, _ in finder().settled(after=after, until=until, limit=limit, newest=True)]
     checked = found = 0
     try:
         for _, findings in run_audit(
-            store(), partners(), ids, until, get_settings().audit_filtered_calls
+            finder(), partners(), ids, until, get_settings().audit_filtered_calls
         ):
             checked += 1
             for f in findings:
@@ -286,10 +291,10 @@ def resume(vip_bundle_id: str) -> None:
     import socket
 
     from process_manager.bundle import FINAL
-    from tasks.celery_app import store
+    from tasks.archive import finder
     from tasks.saga import take_up
 
-    bundle = store().get(vip_bundle_id)
+    bundle = finder().get(vip_bundle_id)  # an archived one is final: refused
     if bundle is None:
         console.print(f"[red]no vip bundle {vip_bundle_id}[/]")
         raise typer.Exit(1)
@@ -302,9 +307,10 @@ def resume(vip_bundle_id: str) -> None:
 
 @cli.command()
 def stats() -> None:
-    """How many bundles are in each status (from the status indexes: no scan)."""
+    """Bundles in each status (from the status indexes: no scan) and Redis memory."""
     from process_manager.bundle import FINAL, IN_FLIGHT, Status
     from tasks.celery_app import store
+    from vip_bundles.cli_archive import memory_lines
 
     st = store()
     counts = st.counts()
@@ -312,11 +318,15 @@ def stats() -> None:
     table.add_column("status")
     table.add_column("kind")
     table.add_column("bundles", justify="right")
+    table.add_column("archived", justify="right")
+    archived = st.archived_counts()
     for s in Status:
         kind = "in flight" if s in IN_FLIGHT else "final" if s in FINAL else "parked"
         style = "bold yellow" if s is Status.COMPENSATION_FAILED and counts[s] else None
-        table.add_row(s.value, kind, f"{counts[s]:,}", style=style)
+        moved = f"{archived[s]:,}" if s in FINAL else ""
+        table.add_row(s.value, kind, f"{counts[s]:,}", moved, style=style)
     console.print(table)
+    console.print(memory_lines(st))
 
 
 @cli.command()
@@ -350,6 +360,11 @@ def api(
     except ValueError as exc:  # refused to start: say why, no traceback
         console.print(f"[red]vip-bundles api: {exc}[/]", highlight=False)
         raise typer.Exit(2) from None
+
+
+from vip_bundles.cli_archive import archive_cli  # noqa: E402  (its commands need `cli`'s helpers)
+
+cli.add_typer(archive_cli, name="archive")
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ from pytest_examples import find_examples
 from adapters.store import BundleStore
 from process_manager.bundle import FINAL, Bundle, Status
 from tests.helpers import request
+from tests.needs import missing
 from tests.outsider import outsider
 from tests.reliability.sentinel_stack import MASTER_NAME, SentinelStack
 from vip_bundles import local_stack
@@ -132,7 +133,7 @@ def promoted(simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pr
     """Every process used once, then SENTINEL FAILOVER (once for the module: a promotion and
     the sentinels turning the old master into a replica take ~11 s)."""
     if not shutil.which("redis-server"):
-        pytest.skip("redis-server is not installed")
+        missing("redis-server is not installed")
     ha = HA(tmp_path_factory.mktemp("ha-logs"), simulator.url)
     try:
         booked = ha.wait(ha.book(request()))

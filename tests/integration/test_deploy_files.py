@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from redis import Redis
 
 from adapters.metrics import Meter, RedisCollector
+from adapters.metrics_memory import MemoryCollector
 from adapters.store import BundleStore
 from process_manager import saga
 from tests.factories import fresh_bundle
@@ -40,6 +41,7 @@ def served(redis_url: str) -> Iterator[set[str]]:
     meter.flush()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RedisCollector(store))
+    registry.register(MemoryCollector(store, archiving=False))
     text = generate_latest(registry).decode()
     yield {line.split("{")[0].split()[0] for line in text.splitlines() if not line.startswith("#")}
     for key in client.scan_iter(match=f"{prefix}*"):

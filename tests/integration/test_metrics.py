@@ -144,3 +144,20 @@ def test_partner_outcomes_are_classified_in_the_one_send(
         ("payments", "transient"): 3,
         ("payments", "gave_up"): 1,
     }
+
+
+def test_metrics_serve_redis_memory_and_what_settled_bundles_hold(redis_url: str):
+    from prometheus_client import CollectorRegistry, generate_latest
+    from redis import Redis
+
+    from adapters.metrics_memory import MemoryCollector
+    from adapters.store import BundleStore
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MemoryCollector(BundleStore(Redis.from_url(redis_url)), archiving=True))
+    lines = generate_latest(registry).decode().splitlines()
+    values = {line.split()[0]: float(line.split()[1]) for line in lines if line[0] != "#"}
+    assert values["vip_bundles_redis_used_memory_bytes"] > 0
+    assert "vip_bundles_redis_maxmemory_bytes" in values
+    assert values["vip_bundles_settled_memory_bytes"] >= 0
+    assert values["vip_bundles_archiving"] == 1

@@ -20,6 +20,7 @@ from adapters.settings import Settings
 from adapters.store import BundleStore
 from process_manager import saga
 from tests.factories import fresh_bundle
+from tests.needs import missing
 from tests.reliability.sentinel_stack import SentinelStack
 from vip_bundles import local_stack
 
@@ -27,7 +28,7 @@ from vip_bundles import local_stack
 @pytest.fixture
 def ha() -> Iterator[SentinelStack]:
     if not shutil.which("redis-server"):
-        pytest.skip("redis-server is not installed")
+        missing("redis-server is not installed")
     stack = SentinelStack()
     yield stack
     stack.close()
@@ -109,7 +110,7 @@ def test_passwords_come_from_redis_url_and_redis_sentinel_password():
     """The servers ask for a password (from REDIS_URL, quoted there) and so do the sentinels
     (REDIS_SENTINEL_PASSWORD): the store's client and Celery's broker and backend get in."""
     if not shutil.which("redis-server"):
-        pytest.skip("redis-server is not installed")
+        missing("redis-server is not installed")
     stack = SentinelStack(password="p@ss:w/rd%", sentinel_password="sentinel-secret")
     try:
         client = stack.client()

@@ -219,3 +219,23 @@ def test_one_write_records_every_follow_up_that_applies_in_order(store: BundleSt
     assert names == ["TicketRefunded_v1", "TicketRefunded_v1", "VipBundleFailed_v1"]
     assert applied.bundle.status is Status.FAILED
     assert stream_names(store, bid)[-3:] == names
+
+
+def test_a_parked_bundles_retry_rounds_do_not_grow_its_document(store: BundleStore):
+    b = created(store)
+    b = store.apply(b.vip_bundle_id, lambda b: saga.booking_made(b, ["t1"])).bundle
+    b = store.apply(
+        b.vip_bundle_id, lambda b: saga.flight_booking_failed(b, Leg.INBOUND, "409")
+    ).bundle
+    b = store.apply(b.vip_bundle_id, lambda b: saga.compensation_failed(b, "refund", "503")).bundle
+    sizes = []
+    for _ in range(20):
+        b = store.apply(b.vip_bundle_id, saga.resume_parked).bundle
+        b = store.apply(
+            b.vip_bundle_id, lambda b: saga.compensation_failed(b, "refund", "503")
+        ).bundle
+        sizes.append(len(store.redis.hget(store._bundle_key(b.vip_bundle_id), "doc")))
+    assert b.status is Status.COMPENSATION_FAILED
+    assert store.count(Status.COMPENSATION_FAILED) == 1 and store.count(Status.ROLLING_BACK) == 0
+    assert sizes[-1] - sizes[2] < 50  # a counter grows, not the history
+    assert store.recent_moves()["compensation_failed>rolling_back"] == 20

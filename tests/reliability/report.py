@@ -57,6 +57,9 @@ ORDER = [
     "9-failover-kill",
     "9-failover-cancel",
     "9-failover-rabbitmq",
+    "10-archive-kill",
+    "10-archive-pg-down",
+    "10-archive-redis-kill",
 ]
 
 INTRO = f"""# Reliability: what the saga survives, measured
@@ -67,7 +70,8 @@ settle, and then checks the invariants of `tests/reliability/invariants.py` over
 partners saw (`/_sim/calls`, flight tickets, refunds, receipts, seat counts) and over what Redis
 holds (each bundle, its status index, the events stream):
 
-- every bundle is stored, in exactly one status index, and `finalized`, `failed`, `cancelled`,
+- every bundle is stored, in exactly one status index (or, once archived, in the scenario's
+  archive and in no Redis index), and `finalized`, `failed`, `cancelled`,
   or parked in `compensation_failed` (counted as *parked* and listed); none *stuck* in flight,
   none *lost*;
 - a finalized bundle holds its show tickets and both legs; nothing refunded, voided, cancelled;
@@ -95,6 +99,26 @@ The default `pytest` run skips them (`-m "not slow"`); CI runs both.
 
 # What each scenario shows beyond its numbers.
 NOTES: dict[str, str] = {
+    "10-archive-kill": (
+        "Retention (`vip-bundles archive run` with its clock a week and a day on, batches of 5, "
+        "into a PostgreSQL database of the scenario's own). Killed before its first commit: "
+        "everything stays in Redis, the archive is empty. Killed after a commit, before the "
+        "removal from Redis: the committed batch is *in both*, nothing is *in neither*. A "
+        "second pass writes the batch again (the upsert keeps the newest version) and removes "
+        "it: every bundle archived once, none left in Redis, and the invariants and the audit "
+        "hold over Redis and the archive together."
+    ),
+    "10-archive-pg-down": (
+        "PostgreSQL unreachable, then the archiver's connection terminated mid-write: each pass "
+        "exits 2 (`nothing was removed from Redis`), no tombstone is written; with PostgreSQL "
+        "back, the next pass archives every bundle."
+    ),
+    "10-archive-redis-kill": (
+        "The Redis server is killed while the removal waits (after the batch was committed) and "
+        "started again from its append-only file: the archiver fails, every bundle is still in "
+        "Redis (some in both), and the next pass finishes. (A removal script itself is atomic: "
+        "Redis applies all of it or none, in memory and in its append-only file.)"
+    ),
     "1-kill-redelivery": (
         "Five bundles are each held 20 s inside a different step kind (the simulator delays "
         "that call), then the worker's whole process group is killed. No reconciler runs. The "
@@ -309,6 +333,11 @@ HEALED_BY = [
         "malformed requests, garbage on the queue",
         "pydantic validation at the doors; JSON-only content; `adapters/broker.py` for what "
         "would stop the worker",
+    ),
+    (
+        "archiving killed, PostgreSQL down, Redis killed mid-removal",
+        "committed to the archive before anything leaves Redis; one version-checked removal "
+        "script per bundle; the next pass (the archive's upsert keeps the newest version)",
     ),
 ]
 

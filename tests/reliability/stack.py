@@ -26,6 +26,7 @@ from celery import Celery
 from celery.result import AsyncResult
 from redis import Redis, RedisError
 
+from adapters.archive import BundleArchive
 from adapters.store import BundleStore
 from partner_simulator.server import SimulatorClient, start_subprocess
 from process_manager.bundle import FINAL, Bundle, Status
@@ -79,6 +80,8 @@ class Stack:
         self.submitted: list[str] = []
         self.bodies: dict[str, dict[str, Any]] = {}
         self.capacity: dict[str, int] = {}
+        # The scenario's own archive, when it archives (tests/reliability/test_archive.py).
+        self.archive: BundleArchive | None = None
 
     # --- processes ---
     def env(self, **overrides: str) -> dict[str, str]:
@@ -207,7 +210,12 @@ class Stack:
         """Every invariant, then the product's own audit against the partners' books: each
         scenario must leave `vip-bundles audit` clean."""
         report = invariants.check(
-            self.store, self.sim, self.submitted, self.capacity, allow_parked=allow_parked
+            self.store,
+            self.sim,
+            self.submitted,
+            self.capacity,
+            allow_parked=allow_parked,
+            archive=self.archive,
         )
         for finding in self.audit():
             report.counts.audit_findings += 1

@@ -37,6 +37,7 @@ from redis import Redis, RedisError
 
 from process_manager.bundle import FINAL, Status
 from tests.helpers import request
+from tests.needs import missing
 from tests.reliability.invariants import Report
 from tests.reliability.sentinel_stack import SentinelStack
 from tests.reliability.stack import Stack, reconciled
@@ -398,7 +399,7 @@ def rabbit_vhost() -> Iterator[str]:
                 ["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60
             )
     except (OSError, subprocess.SubprocessError):
-        pytest.skip("no RabbitMQ (rabbitmqctl) to give the scenario a vhost")
+        missing("no RabbitMQ (rabbitmqctl) to give the scenario a vhost")
     yield f"{AMQP_URL.rstrip('/')}/{name}"
     subprocess.run(["rabbitmqctl", "-q", "delete_vhost", name], capture_output=True, timeout=60)
 

@@ -7,23 +7,23 @@ from process_manager import saga
 from process_manager.bundle import Status
 from process_manager.messages import Leg, Step
 from tests.factories import new_bundle
-from vip_bundles import views
+from vip_bundles import diagram, pages, views
 
 
 def test_the_diagram_has_every_transition_and_names_every_event():
-    d = views.diagram(new_bundle())
+    d = diagram.diagram(new_bundle())
     pairs = {(e.source, e.target) for e in d["edges"]}
     assert pairs == {(a, b) for (a, _), b in saga.TRANSITIONS.items()}
     shown = {label for e in d["edges"] for label in e.labels}
     for (source, event), target in saga.TRANSITIONS.items():
-        name = views._short(event)
+        name = diagram._short(event)
         edge = next(e for e in d["edges"] if (e.source, e.target) == (source, target))
         assert name in edge.events  # the tooltip names it
         assert name in shown or (source == target and "late booking outcomes" in edge.labels)
 
 
 def test_cancel_edges_into_cancelling_are_labelled_once():
-    d = views.diagram(new_bundle())
+    d = diagram.diagram(new_bundle())
     requested = [
         e
         for e in d["edges"]
@@ -34,12 +34,12 @@ def test_cancel_edges_into_cancelling_are_labelled_once():
 
 
 def test_every_status_has_a_place_and_no_two_nodes_overlap():
-    assert set(views.LAYOUT) == set(Status)
-    spots = list(views.LAYOUT.values())
+    assert set(diagram.LAYOUT) == set(Status)
+    spots = list(diagram.LAYOUT.values())
     for i, (x1, y1) in enumerate(spots):
         for x2, y2 in spots[i + 1 :]:
-            assert abs(x1 - x2) >= views.NODE_W or abs(y1 - y2) >= views.NODE_H
-        assert 0 < x1 < views.DIAGRAM_W and 0 < y1 < views.DIAGRAM_H
+            assert abs(x1 - x2) >= diagram.NODE_W or abs(y1 - y2) >= diagram.NODE_H
+        assert 0 < x1 < diagram.DIAGRAM_W and 0 < y1 < diagram.DIAGRAM_H
 
 
 def test_timeline_and_headline_of_a_cancellation_with_a_late_outcome():
@@ -49,10 +49,10 @@ def test_timeline_and_headline_of_a_cancellation_with_a_late_outcome():
     b = b.model_copy(update={"starts": {saga.start_key(b, step): 1}})
     b = saga.apply(b, saga.cancel(b, "storm", who="cli"))  # type: ignore[arg-type]
     b = saga.apply(b, saga.flight_booked(b, Leg.INBOUND, ["i1"]))  # the held step answers
-    rows = views.timeline(b)
+    rows = pages.timeline(b)
     assert [r["kind"] for r in rows[-2:]] == ["cancel", "late"]
     assert rows[-1]["step"] == "book flight: late outcome, to be undone"
-    headline = views.headline(b)
+    headline = pages.headline(b)
     assert headline["text"].startswith("Cancelling")
     assert "storm" in headline["text"] and "cli" in headline["text"]
     pending = views.compensations(b)["pending"]

@@ -28,7 +28,8 @@ from vip_bundles.guard.tenants import tenant_of, visible
 from vip_bundles.http.errors import ERRORS_422, Errors, error, errors_response, unknown_bundle
 from vip_bundles.http.json_body import json_object
 from vip_bundles.http.negotiation import prefers_html
-from vip_bundles.views import bundle_summary, bundle_view, page_context, render
+from vip_bundles.pages import page_context, render
+from vip_bundles.views import bundle_summary, bundle_view
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +95,9 @@ async def book_vip_bundle(
 )
 def get_vip_bundle(vip_bundle_id: str, request: Request) -> Response:
     """The bundle as JSON; the timeline page when the Accept header prefers text/html."""
-    from tasks.celery_app import store
+    from tasks.archive import finder
 
-    bundle = store().get(vip_bundle_id)
+    bundle = finder().get(vip_bundle_id)
     html = prefers_html(request.headers.get("accept"))
     vary = {"Vary": "Accept"}
     if bundle is None or not visible(bundle, tenant_of(request.state)):
@@ -115,9 +116,9 @@ def _hidden(vip_bundle_id: str, request: Request) -> bool:
     tenant = tenant_of(request.state)
     if tenant is None:
         return False
-    from tasks.celery_app import store
+    from tasks.archive import finder
 
-    return not visible(store().get(vip_bundle_id), tenant)
+    return not visible(finder().get(vip_bundle_id), tenant)
 
 
 @router.post(
@@ -159,9 +160,9 @@ def list_vip_bundles(
     """Bundles in one status, most recently changed first; or, with `q`, the bundles whose
     id, booking id, customer email (any case) or correlation id is exactly `q`. A tenant's key
     pages over its own bundles only."""
-    from tasks.celery_app import store
+    from tasks.archive import finder
 
-    st, tenant = store(), tenant_of(request.state)
+    st, tenant = finder(), tenant_of(request.state)  # pages continue into the archive
     if q is not None:
         found = [b for b in st.search(q) if visible(b, tenant)]
         return {
@@ -190,10 +191,10 @@ def list_vip_bundles(
 def resume_vip_bundle(vip_bundle_id: str, request: Request) -> JSONResponse:
     """Take a bundle up now: a parked one is resumed, one in flight has its next step (or
     pending undos) sent again. Recorded in its history with who asked."""
-    from tasks.celery_app import store
+    from tasks.archive import finder
     from tasks.saga import take_up
 
-    bundle = store().get(vip_bundle_id)
+    bundle = finder().get(vip_bundle_id)
     if bundle is None or not visible(bundle, tenant_of(request.state)):
         return unknown_bundle()
     if bundle.status in FINAL:

@@ -18,6 +18,8 @@ from redis import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from adapters.archive import ArchiveUnavailable
+from adapters.redis_connection import NotReplicated
 from process_manager.messages import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -86,7 +88,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def store_unavailable(_: Request, exc: Exception) -> Response:
         log.warning("redis unavailable: %s", exc)
-        return errors_response(503, [error("redis", "the state store is unavailable")])
+        if isinstance(exc, NotReplicated):  # written, but no replica has it yet: not promised
+            message = "not confirmed by a replica in time; send the same request again"
+        else:
+            message = "the state store is unavailable"
+        return errors_response(503, [error("redis", message)])
+
+    async def archive_unavailable(_: Request, exc: Exception) -> Response:
+        log.warning("%s", exc)  # names no URL or password (adapters/archive.py)
+        return errors_response(503, [error("archive", "the archive cannot be reached")])
 
     async def crashed(_: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)
@@ -97,4 +107,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(ClientDisconnect, hung_up)
     app.add_exception_handler(RedisError, store_unavailable)
+    app.add_exception_handler(ArchiveUnavailable, archive_unavailable)
     app.add_exception_handler(Exception, crashed)

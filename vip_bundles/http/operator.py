@@ -17,12 +17,15 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from adapters.metrics import RedisCollector
+from adapters.metrics_memory import MemoryCollector
 from adapters.settings import get_settings
 from process_manager.bundle import Status
 from process_manager.messages import utcnow
+from vip_bundles.console_view import MOVES_WINDOW_MIN, console_context, console_data
 from vip_bundles.http.bundles import MAX_PAGE, MAX_QUERY
 from vip_bundles.http.errors import ERRORS_422, Errors
-from vip_bundles.views import MOVES_WINDOW_MIN, console_context, console_data, render
+from vip_bundles.memory_view import memory_view
+from vip_bundles.pages import render
 
 CONSOLE_LIST = 20  # rows in each of the console's lists
 
@@ -33,10 +36,10 @@ router = APIRouter()
 def console(q: Annotated[str | None, Query(max_length=MAX_QUERY)] = None) -> HTMLResponse:
     """The operator's console: the fleet on the saga's diagram, parked and recent failures,
     search. It refreshes its numbers from /dashboard.json."""
-    from tasks.celery_app import store
+    from tasks.archive import finder
 
     s = get_settings()
-    found = store().search(q)[:MAX_PAGE] if q and q.strip() else None
+    found = finder().search(q)[:MAX_PAGE] if q and q.strip() else None
     links = {"flower": s.flower_url, "metrics": "metrics", "json": "dashboard.json"}
     context = console_context(_console_data(), q, found, links)
     page = render("dashboard.html", **context, refresh_ms=int(s.console_refresh_s * 1000))
@@ -56,6 +59,7 @@ def metrics() -> Response:
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RedisCollector(store()))
+    registry.register(MemoryCollector(store(), get_settings().archive_url is not None))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -71,7 +75,7 @@ def _console_data() -> dict[str, Any]:
     from tasks.celery_app import store
 
     st = store()
-    return console_data(
+    data = console_data(
         counts=st.counts(),
         moves=st.recent_moves(MOVES_WINDOW_MIN),
         parked=st.list(Status.COMPENSATION_FAILED, 0, CONSOLE_LIST),
@@ -79,3 +83,4 @@ def _console_data() -> dict[str, Any]:
         cancelled=st.list(Status.CANCELLED, 0, CONSOLE_LIST),
         now=utcnow(),
     )
+    return {**data, "memory": memory_view(st)}
