@@ -19,7 +19,7 @@ from adapters import store_scripts as scripts
 from adapters.redis_connection import NotReplicated, follow_master
 from adapters.store_queries import STARTS, BundleQueries, as_text, bundle_from_hash
 from adapters.store_retention import BundleArchived, BundleRetention
-from process_manager import saga
+from process_manager import saga, transition
 from process_manager.bundle import FINAL, IN_FLIGHT, Bundle, Status
 from process_manager.messages import Event
 
@@ -74,7 +74,7 @@ class BundleStore(BundleRetention, BundleQueries):
 
         `BundleArchived` if the id names a bundle moved to the archive (its tombstone)."""
         first = bundle.model_copy(update={"version": 0, "history": []})
-        stored = saga.apply_initial(first, event)
+        stored = transition.apply_initial(first, event)
         if self._write(None, stored, [(None, event)]):
             return stored, True
         if (existing := self.get(bundle.vip_bundle_id)) is not None:
@@ -113,7 +113,7 @@ class BundleStore(BundleRetention, BundleQueries):
             if event is None:
                 return Applied(bundle, None)
             try:
-                new = saga.apply(bundle, event)
+                new = transition.apply(bundle, event)
             except saga.IllegalTransition:
                 return Applied(bundle, None)
             steps: list[tuple[Status | None, Event]] = [(bundle.status, event)]
@@ -121,7 +121,7 @@ class BundleStore(BundleRetention, BundleQueries):
                 if (follow := ask(new)) is None:
                     continue
                 try:
-                    after = saga.apply(new, follow)
+                    after = transition.apply(new, follow)
                 except saga.IllegalTransition:
                     continue  # not due after all: left out of this write
                 steps.append((new.status, follow))
@@ -162,7 +162,7 @@ class BundleStore(BundleRetention, BundleQueries):
         ]
         for source, event in steps:
             # The target from the table, not from the history: a parked bundle's repeated
-            # rounds are counted on its last entries, not appended (saga.apply).
+            # rounds are counted on its last entries, not appended (transition.apply).
             target = new.status if source is None else saga.TRANSITIONS[(source, type(event))]
             message = event.to_message() if event.published else None
             args += [

@@ -28,7 +28,7 @@ from celery.signals import worker_process_init
 from adapters.settings import get_settings
 from adapters.store import MOVES_TTL_S, BundleStore
 from bench.baseline_tasks import book_flight, book_show
-from process_manager import saga
+from process_manager import saga, transition
 from process_manager.bundle import IN_FLIGHT, Bundle, Status
 from process_manager.messages import Leg, parse_request
 from tasks.celery_app import app, redis_client
@@ -86,14 +86,14 @@ def _writes() -> dict[str, _Write]:
         left, version = (before.status, before.version) if before else (after.status, 0)
         steps[name] = _Write(after.model_dump_json(), rows, left, after.status, version)
 
-    created = saga.apply_initial(bundle, saga.initialized(bundle))
+    created = transition.apply_initial(bundle, saga.initialized(bundle))
     write("create", None, created, [saga.initialized(bundle)])
-    made = saga.apply(created, e := saga.booking_made(created, ["t-1", "t-2"]))
+    made = transition.apply(created, e := saga.booking_made(created, ["t-1", "t-2"]))
     write("show", created, made, [e])
-    inbound = saga.apply(made, e := saga.flight_booked(made, Leg.INBOUND, ["f-1", "f-2"]))
+    inbound = transition.apply(made, e := saga.flight_booked(made, Leg.INBOUND, ["f-1", "f-2"]))
     write("inbound", made, inbound, [e])
-    booked = saga.apply(inbound, e := saga.flight_booked(inbound, Leg.RETURN, ["f-3", "f-4"]))
-    done = saga.apply(booked, f := saga.finalized(booked))
+    booked = transition.apply(inbound, e := saga.flight_booked(inbound, Leg.RETURN, ["f-3", "f-4"]))
+    done = transition.apply(booked, f := saga.finalized(booked))
     write("return", inbound, done, [e, f])
     return steps
 

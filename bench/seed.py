@@ -14,7 +14,7 @@ import uuid
 import redis
 
 from adapters.store import BundleStore
-from process_manager import saga
+from process_manager import saga, transition
 from process_manager.bundle import Bundle, Status, booking_id_for
 from process_manager.messages import Leg, parse_request
 
@@ -23,13 +23,13 @@ BATCH = 2000
 
 def finalized_template(request: dict[str, object]) -> Bundle:
     fresh = Bundle.from_request(parse_request(request))
-    bundle = saga.apply_initial(fresh, saga.initialized(fresh))
+    bundle = transition.apply_initial(fresh, saga.initialized(fresh))
     tickets = [str(uuid.uuid4()) for _ in range(fresh.number_of_tickets)]
-    bundle = saga.apply(bundle, saga.booking_made(bundle, tickets))
+    bundle = transition.apply(bundle, saga.booking_made(bundle, tickets))
     for leg in (Leg.INBOUND, Leg.RETURN):
         legs = [str(uuid.uuid4()) for _ in fresh.passengers]
-        bundle = saga.apply(bundle, saga.flight_booked(bundle, leg, legs))
-    return saga.apply(bundle, saga.finalized(bundle))
+        bundle = transition.apply(bundle, saga.flight_booked(bundle, leg, legs))
+    return transition.apply(bundle, saga.finalized(bundle))
 
 
 def stored(st: BundleStore) -> int:

@@ -9,18 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
-from process_manager.audit import Finding
 from process_manager.bundle import (
     IN_FLIGHT,
     UNDOING,
     Bundle,
-    Cancellation,
-    Drift,
-    Failure,
-    HistoryEntry,
     Status,
 )
 from process_manager.messages import (
@@ -50,8 +43,29 @@ from process_manager.messages import (
     VipBundleCancelled_v1,
     VipBundleFailed_v1,
     VipBundleFinalized_v1,
-    VipBundleInitialized_v1,
-    utcnow,
+)
+from process_manager.saga_events import (  # noqa: F401  (re-exported: callers write saga.booking_made(...))
+    UNDO_COMMANDS,
+    booking_failed,
+    booking_made,
+    cancelled,
+    compensation_failed,
+    counted_per_round,
+    drift_detected,
+    failed,
+    finalized,
+    flight_booked,
+    flight_booking_failed,
+    flight_tickets_cancelled,
+    initialized,
+    never_finished,
+    new_event,
+    resumed,
+    rollback_resumed,
+    start_key,
+    step_failed,
+    step_name,
+    ticket_refunded,
 )
 
 S = Status
@@ -121,7 +135,6 @@ LEG_BOOKED_FROM = {Leg.INBOUND: S.BOOKING_MADE, Leg.RETURN: S.INBOUND_BOOKED}
 # The booking step that runs in each forward state (finalizing books nothing).
 STEP_IN = {S.INITIALIZED: Step.SHOW, S.BOOKING_MADE: Step.INBOUND, S.INBOUND_BOOKED: Step.RETURN}
 LEG_OF_STEP = {Step.INBOUND: Leg.INBOUND, Step.RETURN: Leg.RETURN}
-UNDO_COMMANDS = (RefundTicket, CancelFlightTickets, ResolveBooking)
 
 
 class IllegalTransition(Exception):
@@ -299,7 +312,7 @@ def cancel(bundle: Bundle, reason: str, who: str | None = None) -> Event | Cance
             return None
         case S.COMPENSATION_FAILED if bundle.cancellation is not None:
             return resume_parked(bundle)
-    return _new(
+    return new_event(
         bundle,
         VipBundleCancellationRequested_v1,
         "cancellation-requested",
@@ -314,404 +327,9 @@ def resume_parked(bundle: Bundle, by: str | None = None) -> Event:
     operator who asked (None: the reconciler)."""
     if bundle.cancellation is not None:
         key = f"cancellation-resumed-{bundle.compensation_failures}"
-        return _new(bundle, CancellationResumed, key, by=by)
+        return new_event(bundle, CancellationResumed, key, by=by)
     return rollback_resumed(bundle, by)
 
 
-# --- events the steps raise (idempotency keys from business ids only) --------------------------
-
-
-def _new(bundle: Bundle, cls: type[Event], key_step: str, **payload: Any) -> Event:
-    return cls.create(
-        correlation_id=bundle.correlation_id,
-        key=bundle.key(key_step),
-        vip_bundle_id=bundle.vip_bundle_id,
-        **payload,
-    )
-
-
-def initialized(bundle: Bundle) -> Event:
-    return _new(
-        bundle,
-        VipBundleInitialized_v1,
-        "initialized",
-        booking_id=bundle.booking_id,
-        customer_email=bundle.customer_email,
-        number_of_tickets=bundle.number_of_tickets,
-        show_id=bundle.show_id,
-        passengers=bundle.passengers,
-        inbound_flight_id=bundle.inbound_flight_id,
-        return_flight_id=bundle.return_flight_id,
-    )
-
-
-def booking_made(bundle: Bundle, ticket_ids: list[str]) -> Event:
-    return _new(
-        bundle,
-        BookingMade_v1,
-        "booking-made",
-        booking_id=bundle.booking_id,
-        show_id=bundle.show_id,
-        ticket_ids=ticket_ids,
-    )
-
-
-def booking_failed(bundle: Bundle, reason: str, in_doubt: bool = False) -> Event:
-    return _new(
-        bundle,
-        BookingFailed_v1,
-        "booking-given-up" if in_doubt else "booking-failed",
-        booking_id=bundle.booking_id,
-        show_id=bundle.show_id,
-        reason=reason,
-        in_doubt=in_doubt,
-    )
-
-
-def flight_booked(bundle: Bundle, leg: Leg, ticket_ids: list[str]) -> Event:
-    return _new(
-        bundle,
-        FlightBooked_v1,
-        f"flight-booked-{leg}",
-        leg=leg,
-        flight_id=bundle.flight_id(leg),
-        ticket_ids=ticket_ids,
-    )
-
-
-def flight_booking_failed(bundle: Bundle, leg: Leg, reason: str, in_doubt: bool = False) -> Event:
-    return _new(
-        bundle,
-        FlightBookingFailed_v1,
-        f"flight-booking-{'given-up' if in_doubt else 'failed'}-{leg}",
-        leg=leg,
-        flight_id=bundle.flight_id(leg),
-        reason=reason,
-        in_doubt=in_doubt,
-    )
-
-
-def step_failed(bundle: Bundle, step: Command, reason: str, max_attempts: int) -> Event:
-    """A forward step failed for a technical reason: note it, or give up and roll back."""
-    attempt = bundle.step_failures + 1
-    if attempt >= max_attempts:
-        given_up = _give_up(bundle, step, f"gave up after {attempt} attempts: {reason}")
-        if given_up is not None:
-            return given_up
-        # Finalizing touches no partner: keep noting it, the reconciler keeps trying.
-    return _new(
-        bundle, StepFailed, f"step-failed-{attempt}", step=type(step).__name__, reason=reason
-    )
-
-
-def _give_up(bundle: Bundle, step: Command, reason: str) -> Event | None:
-    """The failure event that ends a forward step for good, or None for finalizing.
-
-    The step may have reached the partner without an answer: it is in doubt, so a given-up
-    flight is undone by looking its tickets up.
-    """
-    match step:
-        case BookShowTickets():
-            return booking_failed(bundle, reason, in_doubt=True)
-        case BookFlight(leg=leg):
-            return flight_booking_failed(bundle, leg, reason, in_doubt=True)
-    return None
-
-
-def step_name(command: Command) -> str:
-    """Names one step of a bundle: `BookFlight:inbound`, `RefundTicket:<ticket id>`."""
-    args = [str(v) for k, v in command.model_dump(mode="json").items() if k != "vip_bundle_id"]
-    return ":".join([type(command).__name__, *args])
-
-
-def counted_per_round(command: Command) -> bool:
-    """An undo's starts are counted per round of undoing, so a parked bundle taken up again
-    gets a fresh budget."""
-    return isinstance(command, UNDO_COMMANDS)
-
-
-def start_key(bundle: Bundle, command: Command) -> str:
-    """The counter of `command`'s starts (the store builds the same name in its start script)."""
-    name = step_name(command)
-    return f"{name}:round-{bundle.compensation_failures}" if counted_per_round(command) else name
-
-
-def never_finished(bundle: Bundle, command: Command, starts: int) -> Event | None:
-    """A step started `starts` times and never finished (its worker died each time): give up.
-
-    A forward step rolls the saga back (in doubt: it may have reached the partner); an undo
-    parks the bundle for the reconciler's later rounds. Finalizing calls no partner: None.
-    """
-    reason = f"started {starts} times and never finished (worker lost each time?)"
-    if isinstance(command, UNDO_COMMANDS):
-        return compensation_failed(bundle, type(command).__name__, reason)
-    return _give_up(bundle, command, reason)
-
-
-def ticket_refunded(bundle: Bundle, ticket_id: str) -> Event:
-    return _new(bundle, TicketRefunded_v1, f"ticket-refunded-{ticket_id}", ticket_id=ticket_id)
-
-
-def flight_tickets_cancelled(bundle: Bundle, leg: Leg, ticket_ids: list[str]) -> Event:
-    return _new(
-        bundle,
-        FlightTicketsCancelled_v1,
-        f"flight-cancelled-{leg}",
-        leg=leg,
-        flight_id=bundle.flight_id(leg),
-        ticket_ids=ticket_ids,
-    )
-
-
-def compensation_failed(bundle: Bundle, step: str, reason: str) -> Event:
-    n = bundle.compensation_failures + 1
-    return _new(bundle, CompensationFailed_v1, f"compensation-failed-{n}", step=step, reason=reason)
-
-
-def rollback_resumed(bundle: Bundle, by: str | None = None) -> Event:
-    return _new(bundle, RollbackResumed, f"rollback-resumed-{bundle.compensation_failures}", by=by)
-
-
-def resumed(bundle: Bundle, by: str) -> Event:
-    """An operator's "take this bundle up now" on a bundle in flight (history only)."""
-    return _new(bundle, BundleResumed, f"resumed-{bundle.version}", by=by)
-
-
-def finalized(bundle: Bundle) -> Event:
-    return _new(
-        bundle,
-        VipBundleFinalized_v1,
-        "finalized",
-        booking_id=bundle.booking_id,
-        ticket_ids=bundle.ticket_ids,
-        inbound_ticket_ids=bundle.flight_tickets.get(Leg.INBOUND, []),
-        return_ticket_ids=bundle.flight_tickets.get(Leg.RETURN, []),
-    )
-
-
-def failed(bundle: Bundle) -> Event:
-    reason = bundle.failure.reason if bundle.failure else "rolled back"
-    return _undone(bundle, VipBundleFailed_v1, "failed", reason)
-
-
-def cancelled(bundle: Bundle) -> Event:
-    reason = bundle.cancellation.reason if bundle.cancellation else "cancelled"
-    return _undone(bundle, VipBundleCancelled_v1, "cancelled", reason)
-
-
-def _undone(bundle: Bundle, cls: type[Event], key_step: str, reason: str) -> Event:
-    """The final event of an undone bundle: why, and what its undos refunded and cancelled."""
-    return _new(
-        bundle,
-        cls,
-        key_step,
-        reason=reason,
-        refunded_ticket_ids=bundle.refunded_ticket_ids,
-        cancelled_flight_ticket_ids=bundle.cancelled_flight_ticket_ids(),
-    )
-
-
-def drift_detected(bundle: Bundle, finding: Finding) -> Event | None:
-    """The event for a finding not yet recorded on this bundle, as audited; else None."""
-    if finding.status is not bundle.status or any(d.key == finding.key for d in bundle.drift):
-        return None
-    return _new(
-        bundle,
-        LedgerDriftDetected_v1,
-        f"drift-{finding.key}",
-        kind=finding.kind.value,
-        finding_key=finding.key,
-        description=finding.description,
-        record=finding.record,
-    )
-
-
-# --- applying an event to the bundle ------------------------------------------------------------
-
-
-def apply(bundle: Bundle, event: Event, now: datetime | None = None) -> Bundle:
-    """The bundle after `event`, with its history entry; `IllegalTransition` if it does not fit."""
-    target = TRANSITIONS.get((bundle.status, type(event)))
-    if target is None:
-        raise IllegalTransition(f"{event.name()} does not apply to a {bundle.status} bundle")
-    changes = _changes(bundle, event)
-    now = now or utcnow()
-    entry = HistoryEntry(
-        at=now,
-        event=event.name(),
-        from_status=bundle.status,
-        to_status=target,
-        event_id=event.header.event_id,
-        detail=_detail(event),
-    )
-    return bundle.model_copy(
-        update={
-            **changes,
-            "status": target,
-            "version": bundle.version + 1,
-            "updated_at": now,
-            "history": _history(bundle.history, entry),
-        }
-    )
-
-
-# A parked bundle's retry rounds: taken up again, and (no progress) parked again.
-RESUMES = frozenset({RollbackResumed.name(), CancellationResumed.name()})
-PARKS = frozenset({CompensationFailed_v1.name()})
-
-
-def _same(a: HistoryEntry, b: HistoryEntry) -> bool:
-    return (a.event, a.from_status, a.to_status) == (b.event, b.from_status, b.to_status)
-
-
-def _history(history: list[HistoryEntry], entry: HistoryEntry) -> list[HistoryEntry]:
-    """The history with `entry` appended; but a retry round that ends parked again with no
-    progress (taken up, then parked at once, nothing undone between) is folded into the
-    previous round's two entries, which count it. An endless retry loop keeps a tail of
-    [resumed xN, parked xN] (plus the open round's resume), not two entries a round."""
-    if entry.event in PARKS and len(history) >= 3:
-        resumed, parked, again = history[-3:]
-        if (
-            again.event in RESUMES
-            and _same(resumed, again)
-            and parked.event in PARKS
-            and _same(parked, entry)
-            and resumed.repeats == parked.repeats
-        ):
-            return [
-                *history[:-3],
-                resumed.model_copy(
-                    update={
-                        "repeats": resumed.repeats + 1,
-                        "last_at": again.at,
-                        "detail": again.detail,
-                    }
-                ),
-                parked.model_copy(
-                    update={
-                        "repeats": parked.repeats + 1,
-                        "last_at": entry.at,
-                        "detail": entry.detail,
-                    }
-                ),
-            ]
-    return [*history, entry]
-
-
-def apply_initial(bundle: Bundle, event: Event) -> Bundle:
-    """The first stored version of a bundle, its history opened by `VipBundleInitialized_v1`."""
-    entry = HistoryEntry(
-        at=bundle.created_at,
-        event=event.name(),
-        from_status=None,
-        to_status=S.INITIALIZED,
-        event_id=event.header.event_id,
-    )
-    return bundle.model_copy(
-        update={
-            "status": S.INITIALIZED,
-            "version": 1,
-            "updated_at": bundle.created_at,
-            "history": [entry],
-        }
-    )
-
-
-def _changes(bundle: Bundle, event: Event) -> dict[str, Any]:
-    """The fields an event sets, after checking it belongs to this bundle's current step."""
-    if bundle.status in UNDOING and isinstance(event, OUTCOMES):
-        return _late_outcome(bundle, event)
-    match event:
-        case BookingMade_v1(ticket_ids=ids):
-            return {"ticket_ids": ids}
-        case BookingFailed_v1(reason=reason, in_doubt=in_doubt):
-            return {"failure": Failure(step=Step.SHOW, reason=reason, in_doubt=in_doubt)}
-        case FlightBooked_v1(leg=leg, ticket_ids=ids):
-            _check_leg(bundle, leg)
-            return {"flight_tickets": {**bundle.flight_tickets, leg: ids}}
-        case FlightBookingFailed_v1(leg=leg, reason=reason, in_doubt=in_doubt):
-            _check_leg(bundle, leg)
-            failure = Failure(step=f"book_{leg}_flight", reason=reason, leg=leg, in_doubt=in_doubt)
-            return {"failure": failure}
-        case TicketRefunded_v1(ticket_id=t):
-            if t not in bundle.ticket_ids or t in bundle.refunded_ticket_ids:
-                raise IllegalTransition(f"ticket {t} is not waiting for a refund")
-            return {"refunded_ticket_ids": [*bundle.refunded_ticket_ids, t]}
-        case FlightTicketsCancelled_v1(leg=leg):
-            if leg in bundle.cancelled_legs or not bundle.flight_tickets.get(leg):
-                raise IllegalTransition(f"{leg} flight is not waiting for a cancellation")
-            return {"cancelled_legs": [*bundle.cancelled_legs, leg]}
-        case StepFailed(reason=reason):
-            return {"step_failures": bundle.step_failures + 1, "last_error": reason}
-        case CompensationFailed_v1(step=step, reason=reason):
-            return {
-                "compensation_failures": bundle.compensation_failures + 1,
-                "last_error": f"{step}: {reason}",
-            }
-        case VipBundleFailed_v1() | VipBundleCancelled_v1():
-            if pending_compensations(bundle):
-                raise IllegalTransition("compensations are still pending")
-            return {}
-        case VipBundleCancellationRequested_v1(reason=reason, from_status=from_status):
-            if from_status != bundle.status:
-                raise IllegalTransition(
-                    f"cancel decided for {from_status}, bundle is {bundle.status}"
-                )
-            cancellation = Cancellation(
-                reason=reason,
-                requested_at=event.header.published_at,
-                from_status=bundle.status,
-                requested_by=event.requested_by,
-            )
-            return {"cancellation": cancellation}
-        case RollbackResumed() if bundle.cancellation is not None:
-            raise IllegalTransition("a parked cancellation resumes as a cancellation")
-        case CancellationResumed() if bundle.cancellation is None:
-            raise IllegalTransition("a parked rollback resumes as a rollback")
-        case LedgerDriftDetected_v1(
-            finding_key=key, kind=kind, description=description, record=record, header=header
-        ):
-            if any(d.key == key for d in bundle.drift):
-                raise IllegalTransition(f"drift {key} is already recorded")
-            drift = Drift(
-                key=key, kind=kind, description=description, record=record, at=header.published_at
-            )
-            return {"drift": [*bundle.drift, drift]}
-        case _:
-            return {}
-
-
+# The outcomes of a booking step: late ones (recorded while undoing) leave undo work.
 OUTCOMES = (BookingMade_v1, BookingFailed_v1, FlightBooked_v1, FlightBookingFailed_v1)
-
-
-def _late_outcome(bundle: Bundle, event: Event) -> dict[str, Any]:
-    """An awaited booking step reports while the bundle is undoing: record what it booked (to
-    be undone), or that it booked nothing; a give-up without an answer leaves it in doubt."""
-    match event:
-        case BookingMade_v1() | BookingFailed_v1():
-            step = Step.SHOW
-        case FlightBooked_v1(leg=leg) | FlightBookingFailed_v1(leg=leg):
-            step = Step.INBOUND if leg is Leg.INBOUND else Step.RETURN
-    if step not in awaited(bundle):
-        raise IllegalTransition(f"{step} is not awaited by a {bundle.status} bundle")
-    match event:
-        case BookingMade_v1(ticket_ids=ids):
-            return {"ticket_ids": ids}
-        case FlightBooked_v1(leg=leg, ticket_ids=ids):
-            return {"flight_tickets": {**bundle.flight_tickets, leg: ids}}
-        case BookingFailed_v1(in_doubt=False) | FlightBookingFailed_v1(in_doubt=False):
-            return {"booked_nothing": [*bundle.booked_nothing, step]}
-    return {}  # given up again without an answer: still in doubt, resolved by re-sending
-
-
-def _check_leg(bundle: Bundle, leg: Leg) -> None:
-    if LEG_BOOKED_FROM[leg] != bundle.status:
-        raise IllegalTransition(f"{leg} flight is not the step of a {bundle.status} bundle")
-
-
-def _detail(event: Event) -> str | None:
-    for field in ("reason", "ticket_id", "leg", "finding_key", "by"):
-        value = getattr(event, field, None)
-        if value is not None:
-            return f"{field}={value}"
-    return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from process_manager import saga
+from process_manager import saga, transition
 from process_manager.bundle import Bundle
 from process_manager.messages import example_request, parse_request
 
@@ -17,4 +17,4 @@ def fresh_bundle(**changes: Any) -> Bundle:
 def new_bundle(**changes: Any) -> Bundle:
     """A bundle just initialized: its first version, history opened."""
     fresh = fresh_bundle(**changes)
-    return saga.apply_initial(fresh, saga.initialized(fresh))
+    return transition.apply_initial(fresh, saga.initialized(fresh))

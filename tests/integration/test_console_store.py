@@ -8,7 +8,7 @@ import time
 import pytest
 
 from adapters.store import BundleStore
-from process_manager import saga
+from process_manager import saga, transition
 from process_manager.audit import Finding, Kind
 from process_manager.bundle import Bundle, Status
 from process_manager.messages import Event, Leg
@@ -25,7 +25,7 @@ def create(store: BundleStore, correlation_id: str | None = None, **changes: str
 
 
 def step(store: BundleStore, bundle: Bundle, event: Event) -> Bundle:
-    new = saga.apply(bundle, event)
+    new = transition.apply(bundle, event)
     assert store.save(bundle, new, event)
     return new
 
@@ -95,7 +95,9 @@ def test_every_transition_counts_its_event_and_its_move(store: BundleStore):
     (bucket,) = store.redis.keys(f"{store.prefix}counts:moves:*")
     assert 0 < store.redis.ttl(bucket) <= 3600
     # A refused (stale) write counts nothing.
-    assert not store.save(bundle, saga.apply(bundle, saga.failed(bundle)), saga.failed(bundle))
+    assert not store.save(
+        bundle, transition.apply(bundle, saga.failed(bundle)), saga.failed(bundle)
+    )
     assert store.event_counts()["VipBundleFailed_v1"] == 1
 
 

@@ -15,7 +15,7 @@ from adapters.metrics import Meter, RedisCollector
 from adapters.partners import Partners, PartnerUnavailable, ShowSoldOut
 from adapters.store import BundleStore
 from partner_simulator.server import SimulatorClient
-from process_manager import saga
+from process_manager import saga, transition
 from process_manager.bundle import Status
 from tests.factories import fresh_bundle
 
@@ -72,7 +72,7 @@ def test_every_status_is_a_gauge_and_transitions_are_counted(store: BundleStore)
     fresh = fresh_bundle()
     bundle, _ = store.create(fresh, saga.initialized(fresh))
     event = saga.booking_failed(bundle, "sold out")
-    store.save(bundle, saga.apply(bundle, event), event)
+    store.save(bundle, transition.apply(bundle, event), event)
 
     m = scrape(store)
     bundles = {dict(k)["status"]: v for k, v in m["vip_bundles_bundles"].items()}

@@ -18,7 +18,7 @@ import pytest
 from adapters.redis_connection import NotReplicated
 from adapters.settings import Settings
 from adapters.store import BundleStore
-from process_manager import saga
+from process_manager import saga, transition
 from tests.factories import fresh_bundle
 from tests.needs import missing
 from tests.reliability.sentinel_stack import SentinelStack
@@ -62,10 +62,10 @@ def test_a_transition_retried_after_its_reply_was_lost_is_recognised_as_its_own(
     fresh = fresh_bundle()
     bundle, _ = store.create(fresh, saga.initialized(fresh))
     event = saga.booking_made(bundle, ["t1"])
-    new = saga.apply(bundle, event)
+    new = transition.apply(bundle, event)
     assert store.save(bundle, new, event)
     assert store.save(bundle, new, event)  # as a retry would: the same write, found done
-    other = saga.apply(bundle, saga.booking_made(bundle, ["t2"]))
+    other = transition.apply(bundle, saga.booking_made(bundle, ["t2"]))
     assert not store.save(bundle, other, event)  # another writer's change is a lost race
 
 

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from adapters.store import BundleNotFound, BundleStore
-from process_manager import saga
+from process_manager import saga, transition
 from process_manager.bundle import Bundle, Status
 from process_manager.messages import BookFlight, BookShowTickets, Command, Leg, RefundTicket, Step
 from tests.factories import fresh_bundle
@@ -39,9 +39,9 @@ def test_create_is_once_per_id(store: BundleStore):
 
 def test_a_stale_version_is_refused_and_nothing_is_written(store: BundleStore):
     bundle = created(store)
-    first = saga.apply(bundle, saga.booking_made(bundle, ["t1", "t2"]))
+    first = transition.apply(bundle, saga.booking_made(bundle, ["t1", "t2"]))
     assert store.save(bundle, first, None)
-    rival = saga.apply(bundle, saga.booking_failed(bundle, "late"))
+    rival = transition.apply(bundle, saga.booking_failed(bundle, "late"))
     assert not store.save(bundle, rival, saga.booking_failed(bundle, "late"))
     stored = store.require(bundle.vip_bundle_id)
     assert stored.status is Status.BOOKING_MADE

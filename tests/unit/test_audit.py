@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from process_manager import saga
+from process_manager import saga, transition
 from process_manager.audit import Kind, PartnerRecords, findings
 from process_manager.bundle import FINAL, Bundle, Status
 from process_manager.messages import LedgerDriftDetected_v1, Leg
@@ -15,22 +15,22 @@ from tests.factories import new_bundle
 
 def finalized() -> Bundle:
     b = new_bundle()
-    b = saga.apply(b, saga.booking_made(b, ["t1", "t2"]))
-    b = saga.apply(b, saga.flight_booked(b, Leg.INBOUND, ["i1", "i2"]))
-    b = saga.apply(b, saga.flight_booked(b, Leg.RETURN, ["r1", "r2"]))
-    return saga.apply(b, saga.finalized(b))
+    b = transition.apply(b, saga.booking_made(b, ["t1", "t2"]))
+    b = transition.apply(b, saga.flight_booked(b, Leg.INBOUND, ["i1", "i2"]))
+    b = transition.apply(b, saga.flight_booked(b, Leg.RETURN, ["r1", "r2"]))
+    return transition.apply(b, saga.finalized(b))
 
 
 def failed_after_inbound() -> Bundle:
     """Show tickets t1, t2 and inbound i1, i2 booked, the return flight sold out, all undone."""
     b = new_bundle()
-    b = saga.apply(b, saga.booking_made(b, ["t1", "t2"]))
-    b = saga.apply(b, saga.flight_booked(b, Leg.INBOUND, ["i1", "i2"]))
-    b = saga.apply(b, saga.flight_booking_failed(b, Leg.RETURN, "409"))
-    b = saga.apply(b, saga.flight_tickets_cancelled(b, Leg.INBOUND, ["i1", "i2"]))
-    b = saga.apply(b, saga.ticket_refunded(b, "t1"))
-    b = saga.apply(b, saga.ticket_refunded(b, "t2"))
-    return saga.apply(b, saga.failed(b))
+    b = transition.apply(b, saga.booking_made(b, ["t1", "t2"]))
+    b = transition.apply(b, saga.flight_booked(b, Leg.INBOUND, ["i1", "i2"]))
+    b = transition.apply(b, saga.flight_booking_failed(b, Leg.RETURN, "409"))
+    b = transition.apply(b, saga.flight_tickets_cancelled(b, Leg.INBOUND, ["i1", "i2"]))
+    b = transition.apply(b, saga.ticket_refunded(b, "t1"))
+    b = transition.apply(b, saga.ticket_refunded(b, "t2"))
+    return transition.apply(b, saga.failed(b))
 
 
 def ticket(ticket_id: str, ref: str, cancelled: bool) -> dict[str, Any]:
@@ -81,8 +81,8 @@ def test_a_failed_bundle_with_everything_undone_is_clean():
 
 def test_a_failed_bundle_that_booked_nothing_is_clean_with_empty_lists():
     b = new_bundle()
-    b = saga.apply(b, saga.booking_failed(b, "sold out"))
-    b = saga.apply(b, saga.failed(b))
+    b = transition.apply(b, saga.booking_failed(b, "sold out"))
+    b = transition.apply(b, saga.failed(b))
     assert audit(b, {}) == []
 
 
@@ -228,7 +228,7 @@ def test_drift_is_recorded_once_and_keeps_the_final_status():
     assert isinstance(event, LedgerDriftDetected_v1)
     assert event.finding_key == "refund_missing:t1" and event.record == first.record
     assert event.header.idempotency_key == f"{b.vip_bundle_id}:drift-refund_missing:t1"
-    after = saga.apply(b, event)
+    after = transition.apply(b, event)
 
     assert after.status is Status.FAILED
     assert [d.key for d in after.drift] == ["refund_missing:t1"]
@@ -238,10 +238,10 @@ def test_drift_is_recorded_once_and_keeps_the_final_status():
     assert after.status_since() == b.status_since()  # still settled when it failed
     assert saga.drift_detected(after, first) is None  # the same finding again: nothing
     with pytest.raises(saga.IllegalTransition):
-        saga.apply(after, event)  # a redelivered event is refused
+        transition.apply(after, event)  # a redelivered event is refused
     second_event = saga.drift_detected(after, second)
     assert second_event is not None
-    assert [d.key for d in saga.apply(after, second_event).drift] == [first.key, second.key]
+    assert [d.key for d in transition.apply(after, second_event).drift] == [first.key, second.key]
 
 
 def test_drift_found_for_a_status_the_bundle_has_left_is_not_recorded():

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from process_manager import saga
+from process_manager import saga, transition
 from process_manager.bundle import UNDOING, Bundle, Status
 from process_manager.messages import (
     BookFlight,
@@ -42,31 +42,31 @@ def forward(status: Status) -> Bundle:
     for step in steps:
         if b.status is status:
             break
-        b = saga.apply(b, step(b))  # type: ignore[arg-type]
+        b = transition.apply(b, step(b))  # type: ignore[arg-type]
     assert b.status is status
     return b
 
 
 def rolling_back() -> Bundle:
     b = forward(S.BOOKING_MADE)
-    return saga.apply(b, saga.flight_booking_failed(b, Leg.INBOUND, "409"))
+    return transition.apply(b, saga.flight_booking_failed(b, Leg.INBOUND, "409"))
 
 
 def parked() -> Bundle:
     b = rolling_back()
-    return saga.apply(b, saga.compensation_failed(b, "RefundTicket", "payments down"))
+    return transition.apply(b, saga.compensation_failed(b, "RefundTicket", "payments down"))
 
 
 def failed() -> Bundle:
     b = new_bundle()
-    b = saga.apply(b, saga.booking_failed(b, "sold out"))
-    return saga.apply(b, saga.failed(b))
+    b = transition.apply(b, saga.booking_failed(b, "sold out"))
+    return transition.apply(b, saga.failed(b))
 
 
 def cancel(b: Bundle, reason: str = "customer asked") -> Bundle:
     event = saga.cancel(b, reason, who="test")
     assert event is not None and not isinstance(event, saga.CancelRefused)
-    return saga.apply(b, event)
+    return transition.apply(b, event)
 
 
 def cancelling() -> Bundle:
@@ -77,7 +77,7 @@ def cancelled() -> Bundle:
     b = cancel(new_bundle())  # the show step never started: nothing to undo
     event = saga.finish(b)
     assert isinstance(event, VipBundleCancelled_v1)
-    return saga.apply(b, event)
+    return transition.apply(b, event)
 
 
 def _event(b: Bundle, cls: type[Event], **payload: Any) -> Event:
@@ -97,9 +97,11 @@ def undo_everything(b: Bundle) -> Bundle:
     for command in saga.pending_compensations(b):
         match command:
             case RefundTicket(ticket_id=t):
-                b = saga.apply(b, saga.ticket_refunded(b, t))
+                b = transition.apply(b, saga.ticket_refunded(b, t))
             case CancelFlightTickets(leg=leg):
-                b = saga.apply(b, saga.flight_tickets_cancelled(b, leg, b.flight_tickets[leg]))
+                b = transition.apply(
+                    b, saga.flight_tickets_cancelled(b, leg, b.flight_tickets[leg])
+                )
             case _:
                 raise AssertionError(f"unexpected {command}")
     return b
@@ -166,7 +168,7 @@ def test_a_cancel_moves_the_bundle_to_cancelling_and_owes_every_undo(status: Sta
         status.value,
         "ops:ann",
     )
-    after = saga.apply(b, event)
+    after = transition.apply(b, event)
     assert after.status is S.CANCELLING
     assert after.cancellation is not None
     assert (after.cancellation.reason, after.cancellation.from_status) == (
@@ -190,15 +192,17 @@ def test_cancelling_twice_changes_nothing(status: Status):
     b = BUILDERS[status]()
     assert saga.cancel(b, "again") is None
     with pytest.raises(saga.IllegalTransition):
-        saga.apply(b, _event(b, VipBundleCancellationRequested_v1, reason="r", from_status=status))
+        transition.apply(
+            b, _event(b, VipBundleCancellationRequested_v1, reason="r", from_status=status)
+        )
 
 
 def test_a_parked_cancellation_cancelled_again_is_taken_up_as_a_cancellation():
     b = cancelling()
-    b = saga.apply(b, saga.compensation_failed(b, "RefundTicket", "payments down"))
+    b = transition.apply(b, saga.compensation_failed(b, "RefundTicket", "payments down"))
     event = saga.cancel(b, "again")
     assert isinstance(event, CancellationResumed)
-    after = saga.apply(b, event)
+    after = transition.apply(b, event)
     assert after.status is S.CANCELLING
     assert after.cancellation is not None and after.cancellation.reason == "customer asked"
 
@@ -207,29 +211,29 @@ def test_the_cancelled_event_is_last_and_says_what_was_undone():
     b = cancel(forward(S.FINALIZED), "weather")
     assert saga.finish(b) is None  # undos pending
     with pytest.raises(saga.IllegalTransition):
-        saga.apply(b, saga.cancelled(b))
+        transition.apply(b, saga.cancelled(b))
     b = undo_everything(b)
     event = saga.finish(b)
     assert isinstance(event, VipBundleCancelled_v1)
     assert event.reason == "weather"
     assert sorted(event.refunded_ticket_ids) == TICKETS
     assert sorted(event.cancelled_flight_ticket_ids) == sorted(INBOUND + RETURN)
-    b = saga.apply(b, event)
+    b = transition.apply(b, event)
     assert b.status is S.CANCELLED
     assert b.history[-1].event == "VipBundleCancelled_v1"
     # Nothing applies to a cancelled bundle any more.
     for late in (saga.ticket_refunded(b, "t1"), saga.booking_made(b, ["x"]), saga.cancelled(b)):
         with pytest.raises(saga.IllegalTransition):
-            saga.apply(b, late)
+            transition.apply(b, late)
 
 
 def test_a_rollback_cancelled_continues_the_same_undos_and_ends_cancelled():
     b = rolling_back()
-    b = saga.apply(b, saga.ticket_refunded(b, "t1"))
+    b = transition.apply(b, saga.ticket_refunded(b, "t1"))
     b = cancel(b)
     assert _undos(b) == {("refund", "t2")}
-    b = saga.apply(b, saga.ticket_refunded(b, "t2"))
-    assert saga.apply(b, saga.finish(b)).status is S.CANCELLED  # type: ignore[arg-type]
+    b = transition.apply(b, saga.ticket_refunded(b, "t2"))
+    assert transition.apply(b, saga.finish(b)).status is S.CANCELLED  # type: ignore[arg-type]
 
 
 def test_a_cancel_of_an_untouched_bundle_ends_at_once():
@@ -283,7 +287,7 @@ def test_the_step_next_at_cancel_time_is_in_doubt_only_if_it_started(status: Sta
     # The cancel may not complete while the step is in doubt.
     assert saga.finish(was_running) is None
     with pytest.raises(saga.IllegalTransition):
-        saga.apply(was_running, saga.cancelled(was_running))
+        transition.apply(was_running, saga.cancelled(was_running))
 
 
 def test_a_step_started_before_the_previous_one_is_not_in_doubt():
@@ -312,7 +316,7 @@ def test_late_show_tickets_are_recorded_and_refunded():
     b, _ = _running_then_cancelled(S.INITIALIZED)
     command = BookShowTickets(vip_bundle_id=b.vip_bundle_id)
     assert saga.accepts_outcome(b, command)
-    b = saga.apply(b, saga.booking_made(b, TICKETS))
+    b = transition.apply(b, saga.booking_made(b, TICKETS))
     assert b.status is S.CANCELLING
     assert b.ticket_ids == TICKETS
     assert saga.in_doubt(b) == []
@@ -320,9 +324,9 @@ def test_late_show_tickets_are_recorded_and_refunded():
     # The same outcome again (the resolve and the original both answer): refused, once only.
     assert not saga.accepts_outcome(b, command)
     with pytest.raises(saga.IllegalTransition):
-        saga.apply(b, saga.booking_made(b, TICKETS))
+        transition.apply(b, saga.booking_made(b, TICKETS))
     b = undo_everything(b)
-    assert saga.apply(b, saga.finish(b)).status is S.CANCELLED  # type: ignore[arg-type]
+    assert transition.apply(b, saga.finish(b)).status is S.CANCELLED  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -331,14 +335,14 @@ def test_late_show_tickets_are_recorded_and_refunded():
 def test_late_flight_tickets_are_recorded_and_cancelled(status: Status, leg: Leg):
     b, _ = _running_then_cancelled(status)
     assert saga.accepts_outcome(b, BookFlight(vip_bundle_id=b.vip_bundle_id, leg=leg))
-    b = saga.apply(b, saga.flight_booked(b, leg, ["late1", "late2"]))
+    b = transition.apply(b, saga.flight_booked(b, leg, ["late1", "late2"]))
     assert b.status is S.CANCELLING
     assert b.flight_tickets[leg] == ["late1", "late2"]
     assert ("cancel", leg.value) in _undos(b)
     assert saga.in_doubt(b) == []
     b = undo_everything(b)
     assert b.status is S.CANCELLING
-    done = saga.apply(b, saga.finish(b))  # type: ignore[arg-type]
+    done = transition.apply(b, saga.finish(b))  # type: ignore[arg-type]
     assert done.status is S.CANCELLED
     assert "FlightBooked_v1" in [h.event for h in done.history if h.from_status is S.CANCELLING]
 
@@ -350,17 +354,17 @@ def test_a_late_409_means_the_step_booked_nothing(status: Status):
         event = saga.booking_failed(b, "sold out")
     else:
         event = saga.flight_booking_failed(b, saga.LEG_OF_STEP[step], "no seats")
-    b = saga.apply(b, event)
+    b = transition.apply(b, event)
     assert b.status is S.CANCELLING
     assert step in b.booked_nothing
     assert saga.in_doubt(b) == []
     b = undo_everything(b)
-    assert saga.apply(b, saga.finish(b)).status is S.CANCELLED  # type: ignore[arg-type]
+    assert transition.apply(b, saga.finish(b)).status is S.CANCELLED  # type: ignore[arg-type]
 
 
 def test_a_late_give_up_leaves_the_step_in_doubt():
     b, step = _running_then_cancelled(S.BOOKING_MADE)
-    b = saga.apply(b, saga.flight_booking_failed(b, Leg.INBOUND, "gave up", in_doubt=True))
+    b = transition.apply(b, saga.flight_booking_failed(b, Leg.INBOUND, "gave up", in_doubt=True))
     assert b.status is S.CANCELLING
     assert saga.in_doubt(b) == [step]
 
@@ -370,14 +374,14 @@ def test_outcomes_of_steps_not_awaited_are_refused():
     # The return leg was not running at cancel time: it cannot have booked anything.
     assert not saga.accepts_outcome(b, BookFlight(vip_bundle_id=b.vip_bundle_id, leg=Leg.RETURN))
     with pytest.raises(saga.IllegalTransition):
-        saga.apply(b, saga.flight_booked(b, Leg.RETURN, ["x"]))
+        transition.apply(b, saga.flight_booked(b, Leg.RETURN, ["x"]))
     # Show tickets are known already.
     with pytest.raises(saga.IllegalTransition):
-        saga.apply(b, saga.booking_made(b, ["x"]))
+        transition.apply(b, saga.booking_made(b, ["x"]))
     # A technical failure of the forward step is not noted while cancelling.
     with pytest.raises(saga.IllegalTransition):
         step = BookFlight(vip_bundle_id=b.vip_bundle_id, leg=Leg.INBOUND)
-        saga.apply(b, saga.step_failed(b, step, "503", max_attempts=10))
+        transition.apply(b, saga.step_failed(b, step, "503", max_attempts=10))
 
 
 def test_a_forward_step_outcome_is_accepted_in_the_forward_path_only_for_the_current_step():
@@ -392,32 +396,32 @@ def test_a_forward_step_outcome_is_accepted_in_the_forward_path_only_for_the_cur
 
 def test_a_show_booking_given_up_in_doubt_is_resolved_then_refunded():
     b = new_bundle()
-    b = saga.apply(b, saga.booking_failed(b, "gave up", in_doubt=True))
+    b = transition.apply(b, saga.booking_failed(b, "gave up", in_doubt=True))
     assert b.status is S.ROLLING_BACK
     assert _undos(b) == {("resolve", Step.SHOW.value)}
     assert saga.finish(b) is None
-    b = saga.apply(b, saga.booking_made(b, TICKETS))  # the re-send learned the tickets
+    b = transition.apply(b, saga.booking_made(b, TICKETS))  # the re-send learned the tickets
     assert b.status is S.ROLLING_BACK
     assert _undos(b) == {("refund", "t1"), ("refund", "t2")}
     b = undo_everything(b)
-    assert saga.apply(b, saga.finish(b)).status is S.FAILED  # type: ignore[arg-type]
+    assert transition.apply(b, saga.finish(b)).status is S.FAILED  # type: ignore[arg-type]
 
 
 def test_a_flight_given_up_in_doubt_that_booked_nothing_fails_without_cancelling():
     b = forward(S.BOOKING_MADE)
-    b = saga.apply(b, saga.flight_booking_failed(b, Leg.INBOUND, "gave up", in_doubt=True))
+    b = transition.apply(b, saga.flight_booking_failed(b, Leg.INBOUND, "gave up", in_doubt=True))
     assert ("resolve", Step.INBOUND.value) in _undos(b)
-    b = saga.apply(b, saga.flight_booking_failed(b, Leg.INBOUND, "409 on re-send"))
+    b = transition.apply(b, saga.flight_booking_failed(b, Leg.INBOUND, "409 on re-send"))
     assert Step.INBOUND in b.booked_nothing
     assert _undos(b) == {("refund", "t1"), ("refund", "t2")}
 
 
 def test_a_rollback_in_doubt_cancelled_resolves_before_ending():
     b = forward(S.BOOKING_MADE)
-    b = saga.apply(b, saga.flight_booking_failed(b, Leg.INBOUND, "gave up", in_doubt=True))
+    b = transition.apply(b, saga.flight_booking_failed(b, Leg.INBOUND, "gave up", in_doubt=True))
     b = cancel(b)
     assert saga.in_doubt(b) == [Step.INBOUND]
-    b = saga.apply(b, saga.flight_booked(b, Leg.INBOUND, INBOUND))
+    b = transition.apply(b, saga.flight_booked(b, Leg.INBOUND, INBOUND))
     assert _undos(b) == {("cancel", "inbound"), ("refund", "t1"), ("refund", "t2")}
 
 
@@ -426,24 +430,24 @@ def test_a_rollback_in_doubt_cancelled_resolves_before_ending():
 
 def test_a_parked_cancellation_resumes_into_cancelling():
     b = cancel(forward(S.FINALIZED))
-    b = saga.apply(b, saga.ticket_refunded(b, "t1"))
-    b = saga.apply(b, saga.compensation_failed(b, "RefundTicket", "payments down"))
+    b = transition.apply(b, saga.ticket_refunded(b, "t1"))
+    b = transition.apply(b, saga.compensation_failed(b, "RefundTicket", "payments down"))
     assert b.status is S.COMPENSATION_FAILED
     event = saga.resume_parked(b)
     assert isinstance(event, CancellationResumed)
     with pytest.raises(saga.IllegalTransition):
-        saga.apply(b, saga.rollback_resumed(b))  # never back into a plain rollback
-    b = saga.apply(b, event)
+        transition.apply(b, saga.rollback_resumed(b))  # never back into a plain rollback
+    b = transition.apply(b, event)
     assert b.status is S.CANCELLING
     b = undo_everything(b)
-    assert saga.apply(b, saga.finish(b)).status is S.CANCELLED  # type: ignore[arg-type]
+    assert transition.apply(b, saga.finish(b)).status is S.CANCELLED  # type: ignore[arg-type]
 
 
 def test_a_parked_rollback_resumes_into_rolling_back():
     b = parked()
     assert isinstance(saga.resume_parked(b), RollbackResumed)
     with pytest.raises(saga.IllegalTransition):
-        saga.apply(b, _event(b, CancellationResumed))
+        transition.apply(b, _event(b, CancellationResumed))
 
 
 def test_a_parked_rollback_cancelled_becomes_a_cancellation():
@@ -455,7 +459,7 @@ def test_a_parked_rollback_cancelled_becomes_a_cancellation():
 
 def test_a_parked_bundle_accepts_a_late_outcome():
     b, _ = _running_then_cancelled(S.INITIALIZED)
-    b = saga.apply(b, saga.compensation_failed(b, "ResolveBooking", "shows down"))
-    b = saga.apply(b, saga.booking_made(b, TICKETS))
+    b = transition.apply(b, saga.compensation_failed(b, "ResolveBooking", "shows down"))
+    b = transition.apply(b, saga.booking_made(b, TICKETS))
     assert b.status is S.COMPENSATION_FAILED
     assert _undos(b) == {("refund", "t1"), ("refund", "t2")}

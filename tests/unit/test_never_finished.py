@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from process_manager import saga
+from process_manager import saga, transition
 from process_manager.bundle import Bundle, Status
 from process_manager.messages import (
     BookFlight,
@@ -18,13 +18,13 @@ from tests.factories import new_bundle
 
 def tickets_booked() -> Bundle:
     b = new_bundle()
-    return saga.apply(b, saga.booking_made(b, ["t1", "t2"]))
+    return transition.apply(b, saga.booking_made(b, ["t1", "t2"]))
 
 
 def test_a_forward_step_never_finished_rolls_back_in_doubt():
     b = tickets_booked()
     event = saga.never_finished(b, BookFlight(vip_bundle_id=b.vip_bundle_id, leg=Leg.INBOUND), 11)
-    after = saga.apply(b, event)
+    after = transition.apply(b, event)
     assert after.status is Status.ROLLING_BACK
     assert after.failure is not None and after.failure.in_doubt
     assert "started 11 times" in after.failure.reason
@@ -37,7 +37,9 @@ def test_a_forward_step_never_finished_rolls_back_in_doubt():
 
 def test_a_show_booking_never_finished_fails_the_booking_in_doubt():
     b = new_bundle()
-    after = saga.apply(b, saga.never_finished(b, BookShowTickets(vip_bundle_id=b.vip_bundle_id), 3))
+    after = transition.apply(
+        b, saga.never_finished(b, BookShowTickets(vip_bundle_id=b.vip_bundle_id), 3)
+    )
     assert after.status is Status.ROLLING_BACK
     assert after.failure is not None and after.failure.in_doubt
     # No longer a known limit: a show booking in doubt is resolved like a flight.
@@ -48,19 +50,21 @@ def test_a_show_booking_never_finished_fails_the_booking_in_doubt():
 
 def test_an_undo_never_finished_parks_and_finalizing_is_never_given_up():
     b = tickets_booked()
-    b = saga.apply(b, saga.flight_booking_failed(b, Leg.INBOUND, "no seats"))
+    b = transition.apply(b, saga.flight_booking_failed(b, Leg.INBOUND, "no seats"))
     refund = RefundTicket(vip_bundle_id=b.vip_bundle_id, ticket_id="t1")
-    assert saga.apply(b, saga.never_finished(b, refund, 11)).status is Status.COMPENSATION_FAILED
+    assert (
+        transition.apply(b, saga.never_finished(b, refund, 11)).status is Status.COMPENSATION_FAILED
+    )
     assert saga.never_finished(b, FinalizeVipBundle(vip_bundle_id=b.vip_bundle_id), 11) is None
 
 
 def test_an_undo_gets_a_fresh_start_count_in_each_rollback_round():
     b = tickets_booked()
-    b = saga.apply(b, saga.flight_booking_failed(b, Leg.INBOUND, "no seats"))
+    b = transition.apply(b, saga.flight_booking_failed(b, Leg.INBOUND, "no seats"))
     refund = RefundTicket(vip_bundle_id=b.vip_bundle_id, ticket_id="t1")
     first = saga.start_key(b, refund)
-    parked = saga.apply(b, saga.compensation_failed(b, "RefundTicket", "503"))
-    resumed = saga.apply(parked, saga.rollback_resumed(parked))
+    parked = transition.apply(b, saga.compensation_failed(b, "RefundTicket", "503"))
+    resumed = transition.apply(parked, saga.rollback_resumed(parked))
     assert saga.start_key(resumed, refund) != first
     inbound = BookFlight(vip_bundle_id=b.vip_bundle_id, leg=Leg.INBOUND)
     assert saga.start_key(b, inbound) == "BookFlight:inbound"

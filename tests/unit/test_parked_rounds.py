@@ -3,7 +3,7 @@ without progress are counted on the entries of the previous round."""
 
 from __future__ import annotations
 
-from process_manager import saga
+from process_manager import saga, transition
 from process_manager.bundle import Bundle, Status
 from process_manager.messages import Leg
 from tests.factories import new_bundle
@@ -11,21 +11,21 @@ from tests.factories import new_bundle
 
 def rolling_back() -> Bundle:
     b = new_bundle()
-    b = saga.apply(b, saga.booking_made(b, ["t1", "t2"]))
-    b = saga.apply(b, saga.flight_booking_failed(b, Leg.INBOUND, "409"))
+    b = transition.apply(b, saga.booking_made(b, ["t1", "t2"]))
+    b = transition.apply(b, saga.flight_booking_failed(b, Leg.INBOUND, "409"))
     assert b.status is Status.ROLLING_BACK
     return b
 
 
 def park(b: Bundle, reason: str = "payments 503") -> Bundle:
-    return saga.apply(b, saga.compensation_failed(b, "refund_ticket", reason))
+    return transition.apply(b, saga.compensation_failed(b, "refund_ticket", reason))
 
 
 def test_rounds_without_progress_are_counted_not_appended():
     b = park(rolling_back())
     grown = len(b.history)
     for n in range(50):
-        b = saga.apply(b, saga.resume_parked(b))
+        b = transition.apply(b, saga.resume_parked(b))
         assert b.status is Status.ROLLING_BACK
         b = park(b, reason=f"payments 503 #{n}")
         assert b.status is Status.COMPENSATION_FAILED
@@ -39,10 +39,10 @@ def test_rounds_without_progress_are_counted_not_appended():
 
 def test_a_round_with_progress_is_kept_in_full():
     b = park(rolling_back())
-    b = saga.apply(b, saga.resume_parked(b))
+    b = transition.apply(b, saga.resume_parked(b))
     b = park(b)
-    b = saga.apply(b, saga.resume_parked(b))
-    b = saga.apply(b, saga.ticket_refunded(b, "t1"))  # progress: one ticket refunded
+    b = transition.apply(b, saga.resume_parked(b))
+    b = transition.apply(b, saga.ticket_refunded(b, "t1"))  # progress: one ticket refunded
     b = park(b)
     events = [h.event for h in b.history[-3:]]
     assert events == ["RollbackResumed", "TicketRefunded_v1", "CompensationFailed_v1"]

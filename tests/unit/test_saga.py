@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from process_manager import saga
+from process_manager import saga, transition
 from process_manager.bundle import Bundle, Status
 from process_manager.messages import (
     EVENT_ID_NAMESPACE,
@@ -33,7 +33,7 @@ def booked_until(status: Status) -> Bundle:
     for step in steps:
         if b.status is status:
             break
-        b = saga.apply(b, step(b))
+        b = transition.apply(b, step(b))
     assert b.status is status
     return b
 
@@ -75,7 +75,7 @@ def test_remaining_steps_resume_from_the_stored_state(status, first_step):
 
 def test_inbound_sold_out_refunds_every_ticket_and_cancels_nothing():
     b = booked_until(Status.BOOKING_MADE)
-    b = saga.apply(b, saga.flight_booking_failed(b, Leg.INBOUND, "409"))
+    b = transition.apply(b, saga.flight_booking_failed(b, Leg.INBOUND, "409"))
     assert b.status is Status.ROLLING_BACK
     assert saga.pending_compensations(b) == [
         RefundTicket(vip_bundle_id=b.vip_bundle_id, ticket_id="t1"),
@@ -85,7 +85,7 @@ def test_inbound_sold_out_refunds_every_ticket_and_cancels_nothing():
 
 def test_return_sold_out_cancels_inbound_first_then_refunds():
     b = booked_until(Status.INBOUND_BOOKED)
-    b = saga.apply(b, saga.flight_booking_failed(b, Leg.RETURN, "409"))
+    b = transition.apply(b, saga.flight_booking_failed(b, Leg.RETURN, "409"))
     undo = saga.pending_compensations(b)
     assert undo[0] == CancelFlightTickets(vip_bundle_id=b.vip_bundle_id, leg=Leg.INBOUND)
     assert [type(c) for c in undo[1:]] == [RefundTicket, RefundTicket]
@@ -93,67 +93,67 @@ def test_return_sold_out_cancels_inbound_first_then_refunds():
 
 def test_show_sold_out_has_nothing_to_undo_and_fails_at_once():
     b = new_bundle()
-    b = saga.apply(b, saga.booking_failed(b, "sold out"))
+    b = transition.apply(b, saga.booking_failed(b, "sold out"))
     assert saga.pending_compensations(b) == []
-    b = saga.apply(b, saga.failed(b))
+    b = transition.apply(b, saga.failed(b))
     assert b.status is Status.FAILED
 
 
 def test_bundle_fails_only_when_every_undo_is_recorded():
     b = booked_until(Status.INBOUND_BOOKED)
-    b = saga.apply(b, saga.flight_booking_failed(b, Leg.RETURN, "409"))
+    b = transition.apply(b, saga.flight_booking_failed(b, Leg.RETURN, "409"))
     with pytest.raises(saga.IllegalTransition):
-        saga.apply(b, saga.failed(b))
-    b = saga.apply(b, saga.flight_tickets_cancelled(b, Leg.INBOUND, ["i1", "i2"]))
-    b = saga.apply(b, saga.ticket_refunded(b, "t1"))
-    b = saga.apply(b, saga.ticket_refunded(b, "t2"))
-    b = saga.apply(b, saga.failed(b))
+        transition.apply(b, saga.failed(b))
+    b = transition.apply(b, saga.flight_tickets_cancelled(b, Leg.INBOUND, ["i1", "i2"]))
+    b = transition.apply(b, saga.ticket_refunded(b, "t1"))
+    b = transition.apply(b, saga.ticket_refunded(b, "t2"))
+    b = transition.apply(b, saga.failed(b))
     assert b.status is Status.FAILED
     assert b.refunded_ticket_ids == ["t1", "t2"]
 
 
 def test_a_ticket_is_never_refunded_twice():
     b = booked_until(Status.BOOKING_MADE)
-    b = saga.apply(b, saga.flight_booking_failed(b, Leg.INBOUND, "409"))
-    b = saga.apply(b, saga.ticket_refunded(b, "t1"))
+    b = transition.apply(b, saga.flight_booking_failed(b, Leg.INBOUND, "409"))
+    b = transition.apply(b, saga.ticket_refunded(b, "t1"))
     with pytest.raises(saga.IllegalTransition):
-        saga.apply(b, saga.ticket_refunded(b, "t1"))
+        transition.apply(b, saga.ticket_refunded(b, "t1"))
     assert not saga.is_pending(b, RefundTicket(vip_bundle_id=b.vip_bundle_id, ticket_id="t1"))
 
 
 def test_duplicate_or_late_events_are_refused():
     b = booked_until(Status.BOOKING_MADE)
     with pytest.raises(saga.IllegalTransition):
-        saga.apply(b, saga.booking_made(b, ["x"]))  # redelivered step
+        transition.apply(b, saga.booking_made(b, ["x"]))  # redelivered step
     with pytest.raises(saga.IllegalTransition):
-        saga.apply(b, saga.flight_booked(b, Leg.RETURN, ["r"]))  # legs out of order
+        transition.apply(b, saga.flight_booked(b, Leg.RETURN, ["r"]))  # legs out of order
     final = booked_until(Status.FINALIZED)
     with pytest.raises(saga.IllegalTransition):
-        saga.apply(final, saga.flight_booking_failed(final, Leg.RETURN, "late"))
+        transition.apply(final, saga.flight_booking_failed(final, Leg.RETURN, "late"))
 
 
 def test_parked_rollback_resumes_and_keeps_what_was_undone():
     b = booked_until(Status.BOOKING_MADE)
-    b = saga.apply(b, saga.flight_booking_failed(b, Leg.INBOUND, "409"))
-    b = saga.apply(b, saga.ticket_refunded(b, "t1"))
-    b = saga.apply(b, saga.compensation_failed(b, "RefundTicket", "payments down"))
+    b = transition.apply(b, saga.flight_booking_failed(b, Leg.INBOUND, "409"))
+    b = transition.apply(b, saga.ticket_refunded(b, "t1"))
+    b = transition.apply(b, saga.compensation_failed(b, "RefundTicket", "payments down"))
     assert b.status is Status.COMPENSATION_FAILED
     assert saga.pending_compensations(b) == [
         RefundTicket(vip_bundle_id=b.vip_bundle_id, ticket_id="t2")
     ]
-    b = saga.apply(b, saga.rollback_resumed(b))
+    b = transition.apply(b, saga.rollback_resumed(b))
     assert b.status is Status.ROLLING_BACK
-    b = saga.apply(b, saga.ticket_refunded(b, "t2"))
-    assert saga.apply(b, saga.failed(b)).status is Status.FAILED
+    b = transition.apply(b, saga.ticket_refunded(b, "t2"))
+    assert transition.apply(b, saga.failed(b)).status is Status.FAILED
 
 
 def test_technical_failures_retry_then_give_up_with_the_leg_in_doubt():
     b = booked_until(Status.INBOUND_BOOKED)
     step = BookFlight(vip_bundle_id=b.vip_bundle_id, leg=Leg.RETURN)
     for _ in range(2):
-        b = saga.apply(b, saga.step_failed(b, step, "timeout", max_attempts=3))
+        b = transition.apply(b, saga.step_failed(b, step, "timeout", max_attempts=3))
         assert b.status is Status.INBOUND_BOOKED
-    b = saga.apply(b, saga.step_failed(b, step, "timeout", max_attempts=3))
+    b = transition.apply(b, saga.step_failed(b, step, "timeout", max_attempts=3))
     assert b.status is Status.ROLLING_BACK
     assert b.failure is not None and b.failure.in_doubt
     # The return leg may have been booked without an answer: it is resolved by re-sending.
@@ -192,7 +192,7 @@ def test_every_state_has_a_way_out_in_the_table():
 @pytest.mark.parametrize("status", [Status.INITIALIZED, Status.INBOUND_BOOKED])
 def test_an_operators_resume_is_noted_with_who_asked_and_changes_nothing_else(status):
     b = booked_until(status)
-    resumed = saga.apply(b, saga.resumed(b, by="k-ops"))
+    resumed = transition.apply(b, saga.resumed(b, by="k-ops"))
     assert resumed.status is status
     assert resumed.history[-1].event == "BundleResumed"
     assert resumed.history[-1].detail == "by=k-ops"
@@ -201,6 +201,6 @@ def test_an_operators_resume_is_noted_with_who_asked_and_changes_nothing_else(st
 
 def test_a_final_bundle_cannot_be_resumed():
     b = booked_until(Status.RETURN_BOOKED)
-    done = saga.apply(b, saga.finalized(b))
+    done = transition.apply(b, saga.finalized(b))
     with pytest.raises(saga.IllegalTransition):
-        saga.apply(done, saga.resumed(done, by="k-ops"))
+        transition.apply(done, saga.resumed(done, by="k-ops"))

@@ -3,7 +3,7 @@ timeline and headline tell a cancellation apart (pure functions, no server)."""
 
 from __future__ import annotations
 
-from process_manager import saga
+from process_manager import saga, transition
 from process_manager.bundle import Status
 from process_manager.messages import Leg, Step
 from tests.factories import new_bundle
@@ -44,11 +44,11 @@ def test_every_status_has_a_place_and_no_two_nodes_overlap():
 
 def test_timeline_and_headline_of_a_cancellation_with_a_late_outcome():
     b = new_bundle()
-    b = saga.apply(b, saga.booking_made(b, ["t1"]))
+    b = transition.apply(b, saga.booking_made(b, ["t1"]))
     step = saga.booking_command(b.vip_bundle_id, Step.INBOUND)
     b = b.model_copy(update={"starts": {saga.start_key(b, step): 1}})
-    b = saga.apply(b, saga.cancel(b, "storm", who="cli"))  # type: ignore[arg-type]
-    b = saga.apply(b, saga.flight_booked(b, Leg.INBOUND, ["i1"]))  # the held step answers
+    b = transition.apply(b, saga.cancel(b, "storm", who="cli"))  # type: ignore[arg-type]
+    b = transition.apply(b, saga.flight_booked(b, Leg.INBOUND, ["i1"]))  # the held step answers
     rows = pages.timeline(b)
     assert [r["kind"] for r in rows[-2:]] == ["cancel", "late"]
     assert rows[-1]["step"] == "book flight: late outcome, to be undone"
