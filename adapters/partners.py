@@ -3,10 +3,16 @@
 Transient faults (5xx, timeouts, connection errors) are retried in-process with tenacity:
 capped exponential backoff with jitter, the same idempotency key on every try. A 4xx is never
 retried; a 409 is a business refusal with its own error type.
+
+Every call has a total deadline across its tries: no try starts, and no wait begins, that would
+end past it, and each try's timeouts are cut to the time left. So a partner that hangs ends a
+step within `deadline_s` by the client alone: Celery's `task_time_limit` is not enforced on a
+`-P threads` (or gevent) pool, and must not be what bounds a step.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, TypeVar
 
 import httpx
@@ -15,6 +21,7 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
+    stop_before_delay,
     wait_exponential_jitter,
 )
 
@@ -93,16 +100,23 @@ class Partners:
         max_wait_s: float = 2.0,
         transport: httpx.BaseTransport | None = None,
         meter: Meter = METER,
+        deadline_s: float | None = None,
     ) -> None:
         self.meter = meter  # where partner outcomes are counted (the process's own by default)
         self.http = httpx.Client(
             base_url=base_url,
             timeout=timeout_s,
             transport=transport,
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            # No cap on connections: the worker's pool already bounds the calls in flight (a
+            # `-P threads -c 64` process makes up to 64 at once, plus the undos' side-by-side
+            # calls), and a cap below that would queue calls inside the client instead.
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
         )
+        self.timeout_s = timeout_s
         self.attempts = attempts
         self.max_wait_s = max_wait_s
+        # Total time one call may take over all its tries; default: every try its full timeout.
+        self.deadline_s = deadline_s or attempts * (timeout_s + max_wait_s)
 
     def close(self) -> None:
         self.http.close()
@@ -264,8 +278,11 @@ class Partners:
             headers["Idempotency-Key"] = key
         if correlation_id is not None:
             headers["Correlation-ID"] = correlation_id
+        started = time.monotonic()
+        deadline = started + self.deadline_s
         retrying = Retrying(
-            stop=stop_after_attempt(self.attempts),
+            # Out of tries, or the next wait would end past the deadline.
+            stop=stop_after_attempt(self.attempts) | stop_before_delay(self.deadline_s),
             # 50 ms, 100 ms, 200 ms ... capped, plus up to 100 ms of jitter so that callers
             # failing together do not retry together.
             wait=wait_exponential_jitter(multiplier=0.05, jitter=0.1, max=self.max_wait_s),
@@ -277,8 +294,16 @@ class Partners:
             for attempt in retrying:
                 with attempt:
                     try:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            raise httpx.TimeoutException(f"deadline of {self.deadline_s} s passed")
                         response = self.http.request(
-                            method, path, json=body, headers=headers, params=params
+                            method,
+                            path,
+                            json=body,
+                            headers=headers,
+                            params=params,
+                            timeout=min(self.timeout_s, left),
                         )
                         if response.status_code >= 500:
                             raise _Transient(f"{method} {path}: {response.status_code}")
@@ -287,8 +312,10 @@ class Partners:
                         raise
         except (_Transient, httpx.TransportError) as exc:
             self.meter.partner_call(partner, "gave_up")
+            tries = retrying.statistics.get("attempt_number", self.attempts)
             raise PartnerUnavailable(
-                f"{method} {path}: failed {self.attempts} times, last: {exc!r}"
+                f"{method} {path}: failed {tries} times in {time.monotonic() - started:.1f} s "
+                f"(deadline {self.deadline_s:g} s), last: {exc!r}"
             ) from None
         status = response.status_code
         self.meter.partner_call(partner, "ok" if status in ok else "refused")

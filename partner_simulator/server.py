@@ -162,6 +162,7 @@ def start_subprocess(
     *,
     host: str = "127.0.0.1",
     latency_ms: int = 0,
+    jitter_ms: int = 0,
     startup_timeout: float = 15.0,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start `python -m partner_simulator` (own process, own GIL); return it and its URL.
@@ -175,7 +176,7 @@ def start_subprocess(
     for attempt in range(attempts):
         chosen = port or _free_port(host)
         cmd = [sys.executable, "-m", "partner_simulator", "--host", host, "--port", str(chosen)]
-        cmd += ["--latency-ms", str(latency_ms)]
+        cmd += ["--latency-ms", str(latency_ms), "--jitter-ms", str(jitter_ms)]
         proc = subprocess.Popen(cmd, env=env, cwd=_PROJECT_ROOT)
         url = url_for(host, chosen)
         try:
@@ -270,8 +271,13 @@ class SimulatorClient:
     def clear_faults(self) -> None:
         self._send("DELETE", "/_sim/faults")
 
-    def set_latency(self, delay_ms: int) -> None:
-        self._send("PUT", "/_sim/latency", {"delay_ms": delay_ms})
+    def set_latency(self, delay_ms: int, jitter_ms: int = 0) -> None:
+        """Every partner call waits delay_ms +- a uniform jitter (at least 0)."""
+        self._send("PUT", "/_sim/latency", {"delay_ms": delay_ms, "jitter_ms": jitter_ms})
+
+    def latency(self) -> dict[str, int]:
+        latency: dict[str, int] = self._get("/_sim/latency")
+        return latency
 
     def reset(self) -> None:
         self._send("POST", "/_sim/reset")
