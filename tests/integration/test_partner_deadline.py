@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from adapters.metrics import Meter
-from adapters.partners import PartnerUnavailable, Partners
+from adapters.partners import Partners, PartnerUnavailable
 from partner_simulator.server import SimulatorClient, start_subprocess
 
 HANG_MS = 60_000  # far beyond every timeout and deadline below
