@@ -53,7 +53,11 @@ ORDER = [
     "8-cancel-twice",
     "8-cancel-outage",
     "8-cancel-random",
+    "9-partner-hangs",
 ]
+# Scenarios recorded on another pool carry its name (`1-kill-redelivery-threads`): each is
+# listed right after its prefork run.
+POOL_SUFFIXES = ("-threads",)
 
 INTRO = f"""# Reliability: what the saga survives, measured
 
@@ -80,7 +84,12 @@ holds (each bundle, its status index, the events stream):
 Each scenario has its own Redis database (queues, results, bundles, events) and its own simulator
 process, so the counts are that scenario's alone. Tests never assert timings.
 
-Run them all (about 6 minutes on 2 cores) and regenerate this page:
+The scenarios that a worker's pool could change (kill -9 with redelivery and with the
+reconciler, a poison step, duplicates, flaky partners, every cancel race, a hanging partner)
+run twice: on prefork, Celery's default, and on `-P threads`, the pool the README recommends
+at the partners' real speed (docs/performance.md); the threads runs are marked *(-P threads)*.
+
+Run them all (about 12 minutes on 2 cores) and regenerate this page:
 
 ```bash
 {RUN_ALL}
@@ -209,6 +218,18 @@ NOTES: dict[str, str] = {
         "refused already failed*); every other cancelled bundle ends `cancelled`. *cancelled "
         "from*: the status each cancel found."
     ),
+    "9-partner-hangs": (
+        "The airline answers the return flight's booking only after two minutes. On `-P "
+        "threads` Celery enforces no `task_time_limit` (and here it is an hour anyway), so "
+        "what ends the step is the partner client: every try's timeout is cut to what is left "
+        "of the call's total deadline (`HTTP_CALL_DEADLINE_S`), and no retry starts past it. "
+        "*return step seconds*: the inbound leg's `FlightBooked_v1` to the return leg's "
+        "`FlightBookingFailed_v1`, from the bundle's history. The saga then decides "
+        "(`MAX_STEP_ATTEMPTS=1`: give up and roll back, the leg in doubt); the undo that "
+        "re-sends the hung booking to learn its tickets hits the same hang, ends at "
+        "`COMPENSATION_CALL_DEADLINE_S` and parks the bundle (*status while hanging*). Once "
+        "the airline answers, beat takes it up and it ends `failed`, nothing leaked."
+    ),
 }
 
 HEALED_BY = [
@@ -252,6 +273,11 @@ HEALED_BY = [
         "and undone, a step in doubt resolved by re-sending with the same idempotency key",
     ),
     (
+        "a partner that hangs",
+        "the partner client's total deadline per call (each try's timeout cut to what is left), "
+        "on any pool; then the saga's usual failure handling",
+    ),
+    (
         "malformed requests, garbage on the queue",
         "pydantic validation at the doors; JSON-only content; `adapters/broker.py` for what "
         "would stop the worker",
@@ -291,11 +317,22 @@ def _value(value: Any) -> str:
     return str(value)
 
 
+def _base(key: str) -> str:
+    """The prefork scenario a key is a variant of (itself on prefork)."""
+    for suffix in POOL_SUFFIXES:
+        if key.endswith(suffix):
+            return key.removesuffix(suffix)
+    return key
+
+
 def _section(key: str, entry: dict[str, Any]) -> str:
     counts = ", ".join(f"{label} {entry['counts'][c]}" for c, label in COLUMNS)
     lines = [f'<a id="{key}"></a>', f"### {entry['title']}", ""]
     if key in NOTES:
         lines += [NOTES[key], ""]
+    elif (base := _base(key)) != key:
+        pool = entry.get("pool", key.rsplit("-", 1)[-1])
+        lines += [f"The scenario [above](#{base}), every worker on `-P {pool}`.", ""]
     lines += ["Faults injected:", "", *(f"- {f}" for f in entry["faults"]), ""]
     figures = {k: v for k, v in entry.get("figures", {}).items() if k != "bundles"}
     if figures:
@@ -310,7 +347,8 @@ def _section(key: str, entry: dict[str, Any]) -> str:
 
 
 def render(results: dict[str, dict[str, Any]]) -> str:
-    keys = [k for k in ORDER if k in results] + sorted(set(results) - set(ORDER))
+    known = [k + s for k in ORDER for s in ("", *POOL_SUFFIXES)]
+    keys = [k for k in known if k in results] + sorted(set(results) - set(known))
     machine = {results[k].get("machine") for k in keys} - {None}
     dates = sorted(results[k]["recorded_at"] for k in keys)
     header = "| scenario | " + " | ".join(label for _, label in COLUMNS) + " | time |"

@@ -20,9 +20,9 @@ from collections.abc import Callable
 import pytest
 
 from process_manager.bundle import Status
-from tests.reliability.stack import Stack, log_count, received, reconciled
+from tests.reliability.stack import POOLS, Stack, log_count, received, reconciled
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.parametrize("worker_pool", POOLS)]
 
 HOLD_MS = 20_000  # how long a held partner call takes: longer than holding all five
 VISIBILITY_S = 30  # longer than any step, as production must have it
