@@ -43,6 +43,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--window", type=int, default=0, help="flows in flight (overrides the above)")
     p.add_argument("--flows-per-window", type=float, default=4.0, help="flows per section")
     p.add_argument("--min-flows", type=int, default=60)
+    p.add_argument(
+        "--section-s",
+        type=float,
+        default=12.0,
+        help="cap a section's flows at about this long at what the pool allows (slow shapes)",
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument(
         "--light-flows", type=int, default=0, help="chain and rollback one at a time, per round"
@@ -109,6 +115,9 @@ def _one(args: argparse.Namespace) -> int:
     jitter = latency * args.jitter_pct // 100
     window = args.window or max(1, math.ceil(shape.slots * args.window_per_slot))
     flows = max(args.min_flows, math.ceil(window * args.flows_per_window))
+    # A small pool at slow partners does a few bundles a second: keep its sections short.
+    pool_limit = shape.slots / (3 * latency / 1000 + 0.01)
+    flows = min(flows, max(2 * window, 8, math.ceil(pool_limit * args.section_s)))
     out: dict[str, Any] = {"shape": vars(shape), "latency_ms": latency, "jitter_ms": jitter}
     out |= {"window": window, "flows": flows, "rounds": args.rounds}
     try:
