@@ -17,9 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     latencies = [int(x) for x in str(args.latency).split(",")]
     figures: dict[str, Any] = {"command": " ".join(sys.argv), "options": vars(args)}
     figures |= {"machine": machine(), "code": code_version(), "configurations": []}
+    figures["machine"]["calibration_cpu_s_at_start"] = calibration()
     worst = 0
     argv = list(sys.argv[1:] if argv is None else argv)
     with tempfile.TemporaryDirectory(prefix="vip-bundles-capacity-") as tmp:
@@ -99,13 +102,33 @@ def main(argv: list[str] | None = None) -> int:
                 worst = max(worst, code)
                 if out.exists():
                     figures["configurations"].append(json.loads(out.read_text()))
-    figures["machine"]["loadavg_at_end"] = __import__("os").getloadavg()
-    print(f"\nvip-bundles capacity at {figures['code']['commit']}")
+    figures["machine"]["loadavg_at_end"] = os.getloadavg()
+    figures["machine"]["calibration_cpu_s_at_end"] = calibration()
+    m = figures["machine"]
+    print(
+        f"\nvip-bundles capacity at {figures['code']['commit']};"
+        f" load average {m['loadavg_at_start']} at start, {m['loadavg_at_end']} at end"
+    )
+    print(
+        f"calibration (CPU s of a fixed loop; ~0.6 on an idle core here, more when the cores"
+        f" are shared): {m['calibration_cpu_s_at_start']:.2f} at start,"
+        f" {m['calibration_cpu_s_at_end']:.2f} at end"
+    )
     print(table(figures["configurations"]))
     if args.json_path:
         Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_path).write_text(json.dumps(figures, indent=2, default=str))
     return worst
+
+
+def calibration() -> float:
+    """CPU seconds of a fixed pure-Python loop: how fast a core is right now. On shared cores
+    (SMT siblings, other tenants) the same work costs more CPU time, CPU per bundle included."""
+    started = time.process_time()
+    total = 0
+    for i in range(10_000_000):
+        total += i
+    return time.process_time() - started
 
 
 def _one(args: argparse.Namespace) -> int:
