@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         f" load average {m['loadavg_at_start']} at start, {m['loadavg_at_end']} at end"
     )
     print(
-        f"calibration (CPU s of a fixed loop; ~0.6 on an idle core here, more when the cores"
-        f" are shared): {m['calibration_cpu_s_at_start']:.2f} at start,"
+        f"calibration (CPU s of a fixed loop: more when the cores are shared):"
+        f" {m['calibration_cpu_s_at_start']:.2f} at start,"
         f" {m['calibration_cpu_s_at_end']:.2f} at end"
     )
     print(table(figures["configurations"]))
