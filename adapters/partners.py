@@ -114,7 +114,7 @@ class Partners:
         }
         # One httpx client per thread: a `-P threads -c 64` process sharing one client would
         # share one connection pool, which scans all its connections under a lock on every
-        # request and response (httpcore): a quarter of such a worker's CPU went there.
+        # request and response (httpcore): ~9% of such a worker's GIL time went there.
         self._local = threading.local()
         self._clients: list[httpx.Client] = []
         self._clients_lock = threading.Lock()
