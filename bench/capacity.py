@@ -142,6 +142,7 @@ def _one(args: argparse.Namespace) -> int:
     pool_limit = shape.slots / (3 * latency / 1000 + 0.01)
     flows = min(flows, max(2 * window, 8, math.ceil(pool_limit * args.section_s)))
     out: dict[str, Any] = {"shape": vars(shape), "latency_ms": latency, "jitter_ms": jitter}
+    out["calibration_cpu_s"] = calibration()  # how fast a core is now (it varies on this host)
     out |= {"window": window, "flows": flows, "rounds": args.rounds}
     try:
         with running(

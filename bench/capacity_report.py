@@ -107,7 +107,8 @@ def configuration(out: dict[str, Any]) -> dict[str, Any]:
 HEAD = (
     f"{'partner':>8} {'shape':<22} {'win':>4} {'chain/s':>8} {'saga/s':>7} {'ratio':>6} "
     f"{'rounds':<16} {'p99 chain':>9} {'p99 saga':>8} {'p99 x':>5} {'cpu ms c/s':>11} "
-    f"{'run ms c/s':>11} {'wrk cores':>9} {'busy':>5} {'queued':>6} {'in flight':>9}  saturates"
+    f"{'run ms c/s':>11} {'wrk cores':>9} {'busy':>5} {'queued':>6} {'in flight':>9} {'cal':>4}"
+    "  saturates"
 )
 
 
@@ -126,7 +127,8 @@ def row(c: dict[str, Any]) -> str:
         f"{s['worker_cpu_ms_chain']:>5.1f}/{s['worker_cpu_ms_saga']:<5.1f} "
         f"{s['run_cpu_ms_chain']:>5.1f}/{s['run_cpu_ms_saga']:<5.1f} "
         f"{s['worker_cores_saga']:>9.2f} {s['machine_busy_saga']:>5.2f} "
-        f"{s['queued_saga']:>6.1f} {s['in_flight_saga']:>9.1f}  {' / '.join(verdicts)}"
+        f"{s['queued_saga']:>6.1f} {s['in_flight_saga']:>9.1f} "
+        f"{c.get('calibration_cpu_s', 0):>4.2f}  {' / '.join(verdicts)}"
     )
 
 
@@ -136,7 +138,8 @@ chain/s, saga/s: median of rounds; ratio: saga / chain, median of the rounds' ra
 p99: send -> finished, ms, median of rounds; p99 x: saga / chain. cpu ms: per flow, the
 workers alone (chain/saga); run ms: workers + Redis + simulator + driver. wrk cores: cores
 the workers used (saga). busy: share of the machine's cores busy (everyone's). queued:
-messages waiting in the broker (mean). in flight: bundles in the system (Little's law)."""
+messages waiting in the broker (mean). in flight: bundles in the system (Little's law).
+cal: CPU seconds of a fixed loop when the configuration started (higher: slower cores)."""
 
 
 def table(configurations: list[dict[str, Any]], note: bool = True) -> str:
