@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -157,6 +159,13 @@ def _free_port(host: str) -> int:
         return port
 
 
+def _die_with_parent() -> None:
+    """The simulator gets SIGTERM when the process that started it dies (Linux), so a killed
+    benchmark or test run leaves no simulator behind."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def start_subprocess(
     port: int = 0,
     *,
@@ -177,7 +186,7 @@ def start_subprocess(
         chosen = port or _free_port(host)
         cmd = [sys.executable, "-m", "partner_simulator", "--host", host, "--port", str(chosen)]
         cmd += ["--latency-ms", str(latency_ms), "--jitter-ms", str(jitter_ms)]
-        proc = subprocess.Popen(cmd, env=env, cwd=_PROJECT_ROOT)
+        proc = subprocess.Popen(cmd, env=env, cwd=_PROJECT_ROOT, preexec_fn=_die_with_parent)
         url = url_for(host, chosen)
         try:
             wait_for_health(url, startup_timeout, alive=lambda p=proc: p.poll() is None)
