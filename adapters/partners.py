@@ -3,10 +3,17 @@
 Transient faults (5xx, timeouts, connection errors) are retried in-process with tenacity:
 capped exponential backoff with jitter, the same idempotency key on every try. A 4xx is never
 retried; a 409 is a business refusal with its own error type.
+
+Every call has a total deadline across its tries: no try starts, and no wait begins, that would
+end past it, and each try's timeouts are cut to the time left. So a partner that hangs ends a
+step within `deadline_s` by the client alone: Celery's `task_time_limit` is not enforced on a
+`-P threads` (or gevent) pool, and must not be what bounds a step.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any, TypeVar
 
 import httpx
@@ -15,6 +22,7 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
+    stop_before_delay,
     wait_exponential_jitter,
 )
 
@@ -83,7 +91,8 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class Partners:
-    """One client for all partners behind `GATEWAY_URL`. Thread-safe; make one per process."""
+    """One client for all partners behind `GATEWAY_URL`. Thread-safe (an HTTP connection pool
+    per thread); make one per process."""
 
     def __init__(
         self,
@@ -93,19 +102,44 @@ class Partners:
         max_wait_s: float = 2.0,
         transport: httpx.BaseTransport | None = None,
         meter: Meter = METER,
+        deadline_s: float | None = None,
     ) -> None:
         self.meter = meter  # where partner outcomes are counted (the process's own by default)
-        self.http = httpx.Client(
-            base_url=base_url,
-            timeout=timeout_s,
-            transport=transport,
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
-        )
+        self._options: dict[str, Any] = {
+            "base_url": base_url,
+            "timeout": timeout_s,
+            "transport": transport,
+            # A thread makes one call at a time: one kept-alive connection is all it needs.
+            "limits": httpx.Limits(max_connections=None, max_keepalive_connections=2),
+        }
+        # One httpx client per thread: a `-P threads -c 64` process sharing one client would
+        # share one connection pool, which scans all its connections under a lock on every
+        # request and response (httpcore): ~9% of such a worker's GIL time went there.
+        self._local = threading.local()
+        self._clients: list[httpx.Client] = []
+        self._clients_lock = threading.Lock()
+        self.timeout_s = timeout_s
         self.attempts = attempts
         self.max_wait_s = max_wait_s
+        # Total time one call may take over all its tries; default: every try its full timeout.
+        self.deadline_s = deadline_s or attempts * (timeout_s + max_wait_s)
+
+    @property
+    def http(self) -> httpx.Client:
+        """This thread's client (made on its first call)."""
+        client: httpx.Client | None = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = httpx.Client(**self._options)
+            with self._clients_lock:
+                self._clients.append(client)
+        return client
 
     def close(self) -> None:
-        self.http.close()
+        with self._clients_lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
+        self._local = threading.local()
 
     # --- shows ---
     def book_show_tickets(
@@ -264,8 +298,11 @@ class Partners:
             headers["Idempotency-Key"] = key
         if correlation_id is not None:
             headers["Correlation-ID"] = correlation_id
+        started = time.monotonic()
+        deadline = started + self.deadline_s
         retrying = Retrying(
-            stop=stop_after_attempt(self.attempts),
+            # Out of tries, or the next wait would end past the deadline.
+            stop=stop_after_attempt(self.attempts) | stop_before_delay(self.deadline_s),
             # 50 ms, 100 ms, 200 ms ... capped, plus up to 100 ms of jitter so that callers
             # failing together do not retry together.
             wait=wait_exponential_jitter(multiplier=0.05, jitter=0.1, max=self.max_wait_s),
@@ -277,8 +314,16 @@ class Partners:
             for attempt in retrying:
                 with attempt:
                     try:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            raise httpx.TimeoutException(f"deadline of {self.deadline_s} s passed")
                         response = self.http.request(
-                            method, path, json=body, headers=headers, params=params
+                            method,
+                            path,
+                            json=body,
+                            headers=headers,
+                            params=params,
+                            timeout=min(self.timeout_s, left),
                         )
                         if response.status_code >= 500:
                             raise _Transient(f"{method} {path}: {response.status_code}")
@@ -287,8 +332,10 @@ class Partners:
                         raise
         except (_Transient, httpx.TransportError) as exc:
             self.meter.partner_call(partner, "gave_up")
+            tries = retrying.statistics.get("attempt_number", self.attempts)
             raise PartnerUnavailable(
-                f"{method} {path}: failed {self.attempts} times, last: {exc!r}"
+                f"{method} {path}: failed {tries} times in {time.monotonic() - started:.1f} s "
+                f"(deadline {self.deadline_s:g} s), last: {exc!r}"
             ) from None
         status = response.status_code
         self.meter.partner_call(partner, "ok" if status in ok else "refused")

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     http_retry_max_wait_s: float = 2.0
     # Compensations wait longer: an undo must get through if the partner comes back at all.
     compensation_retry_attempts: int = Field(default=8, ge=1)
+    # Total time one partner call may take over all its tries (each try's timeout is cut to
+    # what is left): what bounds a step on a `-P threads` pool, where Celery's time limits are
+    # not enforced. Forward steps, then undo steps.
+    http_call_deadline_s: float = Field(default=15.0, gt=0)
+    compensation_call_deadline_s: float = Field(default=60.0, gt=0)
 
     # Forward steps that keep failing for technical reasons are re-dispatched by the
     # reconciler; after this many failed attempts the saga gives up and rolls back.

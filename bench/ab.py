@@ -13,7 +13,13 @@ and after it (a `git worktree` of the older commit, run with its own path first 
 `floor`: the chain, the floor (bench/floor_tasks.py: the saga's design, none of its code) and
 the saga, under load: floor / chain is the best this design can do here, saga / floor what the
 saga's own code costs on top.
-The stack is the benchmark's own (a database of its own, the simulator, one prefork worker).
+`cpu`: CPU per flow of the chain and the saga under load (the workers alone, and the whole
+run: workers, Redis, simulator, driver): at saturation, the figure that sets capacity.
+
+The stack is the benchmark's own (a database of its own, the simulator, the workers): by
+default one prefork worker, partners answering at once; `--pool threads --processes 2
+--concurrency 64 --latency-ms 200` measures at the partners' speed on an I/O pool. Every mode
+prints each side's CPU per flow too.
 """
 
 from __future__ import annotations
@@ -30,15 +36,29 @@ from bench.stack import running
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__)
-    p.add_argument("what", choices=["throughput", "rollback", "floor"])
+    p.add_argument("what", choices=["throughput", "rollback", "floor", "cpu"])
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--flows", type=int, default=300, help="flows per section and round")
     p.add_argument("--concurrency", type=int, default=2)
     p.add_argument("--private-redis", action="store_true", help="an own redis-server")
+    p.add_argument("--pool", default="prefork", help="the workers' pool (prefork, threads)")
+    p.add_argument("--processes", type=int, default=1, help="worker processes")
+    p.add_argument("--latency-ms", type=int, default=0, help="partner latency")
+    p.add_argument("--jitter-ms", type=int, default=0, help="partner latency jitter (+-)")
+    p.add_argument("--window", type=int, default=0, help="flows in flight; default 2 x slots")
     args = p.parse_args(argv)
-    with running("prefork", args.concurrency, args.private_redis) as stack:
+    window = args.window or 2 * args.concurrency * args.processes
+    with running(
+        args.pool,
+        args.concurrency,
+        args.private_redis,
+        processes=args.processes,
+        latency_ms=args.latency_ms,
+        jitter_ms=args.jitter_ms,
+    ) as stack:
         # Imported here: `tasks` reads its settings once, and the stack has just set them.
         from bench.meter import Meter
+        from bench.report import cpu_ms, worker_cpu_ms
         from bench.sections import RETURN_ID, Bench, Load, request
         from bench.seed import seed
         from tasks.celery_app import store
@@ -47,10 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(Meter(stack, r), r)
         seed(r, store(), 1000, request(RETURN_ID))
         sold_out = bench.sold_out(stack.sim_url)
-        ratios, floors = [], []
+        ratios, floors, cpu = [], [], []
         for i in range(args.rounds):
-            if args.what in ("throughput", "floor"):
-                load = Load(args.flows, 2 * args.concurrency)
+            if args.what in ("throughput", "floor", "cpu"):
+                load = Load(args.flows, window)
                 base = bench.baseline(load)
                 shown = f"chain {base.throughput:.1f}/s, "
                 if args.what == "floor":
@@ -60,16 +80,26 @@ def main(argv: list[str] | None = None) -> int:
                 saga = bench.saga("success", load, RETURN_ID, rollback=False)
                 ratios.append(saga.throughput / base.throughput)
                 shown += f"saga {saga.throughput:.1f}/s"
+                if args.what == "cpu":
+                    ratios[-1] = cpu_ms(saga) / cpu_ms(base)
             else:
                 load = Load(args.flows, 1)
                 base = bench.baseline(load)
                 saga = bench.saga("rollback-light", load, sold_out, rollback=True)
                 ratios.append(saga.p(99) / base.p(99))
                 shown = f"chain p99 {base.p(99):.1f} ms, rollback p99 {saga.p(99):.1f} ms"
+            cpu.append((cpu_ms(base), worker_cpu_ms(base), cpu_ms(saga), worker_cpu_ms(saga)))
+            shown += f"; cpu ms/flow chain {cpu[-1][0]:.2f} (workers {cpu[-1][1]:.2f})"
+            shown += f", saga {cpu[-1][2]:.2f} (workers {cpu[-1][3]:.2f})"
             print(f"round {i + 1}: {shown}, saga / chain {ratios[-1]:.3f}", flush=True)
+    shape = f"{args.processes} x {args.pool} -c {args.concurrency}, partners {args.latency_ms} ms"
+    print(f"{shape}, window {window}, {args.rounds} rounds of {args.flows} flows")
     if floors:
         _summary("floor / chain", args.concurrency, floors)
     _summary("saga / chain" if floors else args.what, args.concurrency, ratios)
+    for k, name in enumerate(("chain, run", "chain, workers", "saga, run", "saga, workers")):
+        values = [c[k] for c in cpu]
+        print(f"cpu ms per flow, {name}: median {statistics.median(values):.2f}")
     return 0
 
 

@@ -28,7 +28,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from celery.signals import task_postrun, task_prerun, worker_process_init, worker_process_shutdown
+from celery.signals import (
+    task_postrun,
+    task_prerun,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+)
 
 # (module, attribute path): wrapped in place, so callers that look them up at call time see it.
 PARTS = [
@@ -49,13 +55,15 @@ PARTS = [
 
 SIDES = {"bench.baseline.": "chain", "bench.floor.": "floor", "vip_bundle.": "saga"}
 _sums: dict[str, list[float]] = {}  # "side name" -> [CPU seconds, calls]
-_side = "-"  # the side of the task running in this process
+_lock = threading.Lock()  # a `-P threads` process runs many tasks at once
+_running = threading.local()  # .side: the side of the task running in this thread
 
 
 def _add(name: str, seconds: float) -> None:
-    entry = _sums.setdefault(f"{_side} {name}", [0.0, 0])
-    entry[0] += seconds
-    entry[1] += 1
+    with _lock:
+        entry = _sums.setdefault(f"{getattr(_running, 'side', '-')} {name}", [0.0, 0])
+        entry[0] += seconds
+        entry[1] += 1
 
 
 def _wrap(module: str, path: str) -> None:
@@ -80,7 +88,14 @@ def _wrap(module: str, path: str) -> None:
 _task_started: dict[str, float] = {}
 
 
+_installed_in = 0  # the pid it was installed in
+
+
 def _install(**_: Any) -> None:
+    global _installed_in
+    if _installed_in == os.getpid():
+        return
+    _installed_in = os.getpid()
     Path(os.environ["BENCH_CPU_PROBE"]).mkdir(parents=True, exist_ok=True)
     for module, path in PARTS:
         _wrap(module, path)
@@ -98,12 +113,13 @@ def _install(**_: Any) -> None:
 
 def _dump(**_: Any) -> None:
     out = Path(os.environ["BENCH_CPU_PROBE"]) / f"{os.getpid()}.json"
-    out.write_text(json.dumps(_sums))
+    with _lock:
+        text = json.dumps(_sums)
+    out.write_text(text)
 
 
 def _on_prerun(task_id: str, task: Any, **_: Any) -> None:
-    global _side
-    _side = next((side for prefix, side in SIDES.items() if task.name.startswith(prefix)), "-")
+    _running.side = next((s for prefix, s in SIDES.items() if task.name.startswith(prefix)), "-")
     _task_started[task_id] = time.thread_time()
 
 
@@ -114,7 +130,10 @@ def _on_postrun(task_id: str, task: Any, **_: Any) -> None:
 
 
 if os.environ.get("BENCH_CPU_PROBE"):
+    # Pool processes of prefork; the worker process itself for `-P threads` (where it runs the
+    # tasks; on prefork it runs none, so its sums stay empty).
     worker_process_init.connect(_install, weak=False)
+    worker_ready.connect(_install, weak=False)
 
 
 def main(argv: list[str]) -> None:

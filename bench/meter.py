@@ -6,6 +6,7 @@ The driver's own waiting commands (XREAD, BLPOP, ...) are counted and taken out 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import threading
@@ -18,6 +19,8 @@ import httpx
 import redis
 
 from bench.stack import Stack, cpu_seconds
+
+QUEUES = ("vip-bundles", "vip-bundles.booking", "vip-bundles.compensation")  # celeryconfig's
 
 
 @dataclass
@@ -32,6 +35,7 @@ class Snapshot:
     driver_cpu: float
     sim_requests: int
     clients: int
+    machine: tuple[float, float]  # /proc/stat: (busy, total) jiffies of every core, everyone's
 
 
 @dataclass
@@ -47,6 +51,11 @@ class Cost:
     sim_probe_ms: list[float] = field(default_factory=list)
     redis_clients: int = 0  # connected clients: only the run's own with --private-redis
     loadavg: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    queued: list[int] = field(default_factory=list)  # messages waiting in the broker, sampled
+    machine_busy: float = 0.0  # share of all cores busy (every process, not only the run's)
+
+    def queued_mean(self) -> float:
+        return statistics.mean(self.queued) if self.queued else 0.0
 
     def commands_per_flow(self) -> float:
         return sum(self.commands.values()) / self.flows
@@ -71,6 +80,8 @@ class Cost:
             },
             "redis_clients": self.redis_clients,
             "loadavg": self.loadavg,
+            "queued_mean": round(self.queued_mean(), 1),
+            "machine_busy": round(self.machine_busy, 3),
         }
 
 
@@ -81,7 +92,9 @@ class Meter:
         self.stack = stack
         self.r = r
         self.http = httpx.Client(base_url=stack.sim_url, timeout=5)
+        self._queues = stack.client()  # the probe thread's own connection
         self._probe_ms: list[float] = []
+        self._queued: list[int] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -100,16 +113,20 @@ class Meter:
             commands=calls,
             usec=usec,
             redis_cpu=float(info["used_cpu_user"]) + float(info["used_cpu_sys"]),
-            worker_cpu=cpu_seconds(self.stack.worker_pid),
-            worker_main_cpu=cpu_seconds(self.stack.worker_pid, children=False),
+            worker_cpu=sum(cpu_seconds(pid) for pid in self._workers()),
+            worker_main_cpu=sum(cpu_seconds(pid, children=False) for pid in self._workers()),
             sim_cpu=cpu_seconds(self.stack.sim_pid),
             driver_cpu=time.process_time(),
             sim_requests=int(last_seq),
             clients=int(info["connected_clients"]),
+            machine=_machine_jiffies(),
         )
 
+    def _workers(self) -> list[int]:
+        return self.stack.worker_pids or [self.stack.worker_pid]
+
     def start(self) -> Snapshot:
-        self._probe_ms = []
+        self._probe_ms, self._queued = [], []
         self._stop.clear()
         self._thread = threading.Thread(target=self._probe, daemon=True)
         self._thread.start()
@@ -145,6 +162,9 @@ class Meter:
             sim_probe_ms=list(self._probe_ms),
             redis_clients=max(before.clients, after.clients),
             loadavg=os.getloadavg(),
+            queued=list(self._queued),
+            machine_busy=(after.machine[0] - before.machine[0])
+            / max(after.machine[1] - before.machine[1], 1),
         )
 
     def _probe(self) -> None:
@@ -156,3 +176,17 @@ class Meter:
             except httpx.HTTPError:
                 continue
             self._probe_ms.append((time.perf_counter() - t) * 1000)
+            # Messages no worker has taken yet: above ~0 the pool (or its CPU) is the limit.
+            with contextlib.suppress(redis.RedisError):
+                pipe = self._queues.pipeline(transaction=False)
+                for queue in QUEUES:
+                    pipe.llen(queue)
+                self._queued.append(sum(pipe.execute()))
+
+
+def _machine_jiffies() -> tuple[float, float]:
+    """(busy, total) CPU time of the whole machine so far, every core and every process."""
+    with open("/proc/stat") as f:
+        fields = [float(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)

@@ -1,4 +1,4 @@
-"""What one benchmark run stands on: a Redis database of its own, the simulator, one worker.
+"""What one benchmark run stands on: a Redis database of its own, the simulator, the workers.
 
 Everything here is started by the run and stopped by it. The run claims an unused database on
 the Redis server of REDIS_URL (or on a private redis-server with --private-redis), as
@@ -35,27 +35,62 @@ class Stack:
     redis_how: str
     sim_url: str
     sim_pid: int
-    worker_pid: int
+    worker_pid: int  # the first worker's main process
     worker_log: Path
     settings: dict[str, object] = field(default_factory=dict)
+    worker_pids: list[int] = field(default_factory=list)  # every worker's main process
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url)
 
 
+@dataclass(frozen=True)
+class Shape:
+    """How the workers of one host are laid out: `processes` x `celery worker -P pool -c C`."""
+
+    pool: str = "prefork"
+    concurrency: int = 2
+    processes: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> Shape:
+        """`threads:2x32` (2 worker processes, -P threads -c 32), `prefork:8` (1 x -c 8)."""
+        pool, _, size = text.partition(":")
+        processes, _, concurrency = size.rpartition("x")
+        if pool not in ("prefork", "threads", "gevent", "eventlet", "solo") or not concurrency:
+            raise ValueError(f"shape {text!r}: expected POOL:[PROCESSESx]CONCURRENCY")
+        return cls(pool, int(concurrency), int(processes or 1))
+
+    @property
+    def slots(self) -> int:
+        return self.processes * self.concurrency
+
+    def label(self) -> str:
+        return f"{self.processes} x -P {self.pool} -c {self.concurrency}"
+
+
 @contextlib.contextmanager
-def running(pool: str, concurrency: int, private_redis: bool) -> Iterator[Stack]:
-    """Start Redis (if need be), the simulator and one worker; stop them and delete the keys."""
+def running(
+    pool: str,
+    concurrency: int,
+    private_redis: bool,
+    *,
+    processes: int = 1,
+    latency_ms: int = 0,
+    jitter_ms: int = 0,
+) -> Iterator[Stack]:
+    """Start Redis (if need be), the simulator (answering after `latency_ms` +- `jitter_ms`)
+    and `processes` workers; stop them and delete the keys."""
     url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     found = local_stack.start_redis_server() if private_redis else local_stack.ensure_redis(url)
     # A database of the run's own on that server: no other worker consumes its queues, and
     # nothing of anyone else's is touched. Claimed before anything reads the settings.
     db = local_stack.claim_database(local_stack.server_url_of(found.url))
     sim_proc: subprocess.Popen[bytes] | None = None
-    worker: local_stack.Worker | None = None
+    workers: list[local_stack.Worker] = []
     logdir: Path | None = Path(tempfile.mkdtemp(prefix="vip-bundles-bench-"))
     try:
-        sim_proc, sim_url = start_subprocess()
+        sim_proc, sim_url = start_subprocess(latency_ms=latency_ms, jitter_ms=jitter_ms)
         # Settings are read once per process: set them before anything imports `tasks`.
         env = {"REDIS_URL": db.url, "GATEWAY_URL": sim_url}
         os.environ.update(env)
@@ -67,29 +102,36 @@ def running(pool: str, concurrency: int, private_redis: bool) -> Iterator[Stack]
         # Celery's CLI reads CELERY_WORKER_INCLUDE as `worker --include`, so local_stack,
         # celeryconfig and the task list stay as they are.
         worker_env = local_stack.celery_env(**env, CELERY_WORKER_INCLUDE=BASELINE_MODULE)
-        worker = local_stack.start_worker(
-            worker_env,
-            name=f"bench-{uuid.uuid4().hex[:8]}@localhost",
-            concurrency=concurrency,
-            pool=pool,
-            logdir=logdir,
-        )
+        for _ in range(processes):
+            workers.append(
+                local_stack.start_worker(
+                    worker_env,
+                    name=f"bench-{uuid.uuid4().hex[:8]}@localhost",
+                    concurrency=concurrency,
+                    pool=pool,
+                    logdir=logdir,
+                )
+            )
+        settings = worker_settings(pool, concurrency)
+        settings |= {"processes": processes, "partner_latency_ms": latency_ms}
+        settings["partner_jitter_ms"] = jitter_ms
         yield Stack(
             prefix=prefix,
             redis_url=db.url,
             redis_how=found.how,
             sim_url=sim_url,
             sim_pid=sim_proc.pid,
-            worker_pid=worker.process.pid,
-            worker_log=worker.logfile,
-            settings=worker_settings(pool, concurrency),
+            worker_pid=workers[0].process.pid,
+            worker_log=workers[0].logfile,
+            settings=settings,
+            worker_pids=[w.process.pid for w in workers],
         )
     except BaseException:
         print(f"worker log kept in {logdir}", file=sys.stderr)
         logdir = None  # kept: it says what went wrong
         raise
     finally:
-        if worker is not None:
+        for worker in workers:
             worker.stop()
         if sim_proc is not None:
             local_stack.stop_process(sim_proc)

@@ -1,4 +1,5 @@
-"""`python -m partner_simulator [--host H] [--port P] [--latency-ms N]`: serve the simulator."""
+"""`python -m partner_simulator [--host H] [--port P] [--latency-ms N] [--jitter-ms J]`: serve
+the simulator."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8888, help="0 picks a free port")
     parser.add_argument("--latency-ms", type=int, default=0, help="delay on every partner call")
+    parser.add_argument(
+        "--jitter-ms", type=int, default=0, help="each call's delay varies by up to +- this"
+    )
     parser.add_argument("--max-calls", type=int, default=DEFAULT_MAX_CALLS, help="call log size")
     args = parser.parse_args(argv)
 
@@ -28,8 +32,13 @@ def main(argv: list[str] | None = None) -> None:
     # Bind here rather than in uvicorn so the banner shows the real port when --port 0.
     sock = bind_socket(args.host, args.port)
     url = url_for(args.host, sock.getsockname()[1])
-    log.info("partner simulator listening on %s (latency %d ms)", url, args.latency_ms)
-    app = create_app(latency_ms=args.latency_ms, max_calls=args.max_calls)
+    log.info(
+        "partner simulator listening on %s (latency %d +- %d ms)",
+        url,
+        args.latency_ms,
+        args.jitter_ms,
+    )
+    app = create_app(latency_ms=args.latency_ms, jitter_ms=args.jitter_ms, max_calls=args.max_calls)
     # Start-up objects out of the cycle collector's full passes, and those passes rare: the
     # simulator's books only grow, and a 20-50 ms pause mid-request would be the simulator's
     # latency, not the product's (it must never be the bottleneck).

@@ -12,7 +12,9 @@ indexes, narrow them: `?reference_id=` / `?flight_id=` (flight tickets), `?payme
 Controls under `/_sim` (never logged, delayed or faulted):
 - `GET /_sim/health`, `GET /_sim/calls?since=&path_prefix=`, `POST /_sim/reset`.
 - `GET|PUT /_sim/flights/{flight_id}`, `GET|PUT /_sim/shows/{event_id}` `{"seats": N}`.
-- `POST|GET|DELETE /_sim/faults`, `GET|PUT /_sim/latency` `{"delay_ms": N}`.
+- `POST|GET|DELETE /_sim/faults`, `GET|PUT /_sim/latency` `{"delay_ms": N, "jitter_ms": J}`:
+  every partner call waits `delay_ms` plus a uniform draw in [-J, +J] ms (never below 0, so
+  the mean stays `delay_ms` while J <= N), as real partners answer in a spread, not a constant.
 - Read-only views that leave the call log alone: `GET /_sim/flight-tickets`, `/_sim/refunds`,
   `/_sim/receipts` (same filters as the partner lists).
 - Drift, to change partner records behind the product's back (what `vip-bundles audit` finds):
@@ -44,6 +46,7 @@ from starlette.routing import Route
 
 DEFAULT_SEATS = 1_000_000
 DEFAULT_MAX_CALLS = 200_000
+_JITTER = random.Random()  # latency jitter only; fault rules have their own seeded generators
 SIM_PREFIX = "/_sim"
 SHOW_BOOKING_PATH = "/dead-nation-api/ticket/booking"
 FLIGHTS_PATH = "/transportation-api/flight-tickets"
@@ -96,6 +99,7 @@ class SeatsIn(_Body):
 
 class LatencyIn(_Body):
     delay_ms: int = Field(ge=0)
+    jitter_ms: int = Field(default=0, ge=0)
 
 
 class FaultIn(_Body):
@@ -173,7 +177,9 @@ class SimulatorState:
     default_seats: int = DEFAULT_SEATS
     max_calls: int = DEFAULT_MAX_CALLS
     initial_latency_ms: int = 0
+    initial_jitter_ms: int = 0
     latency_ms: int = -1  # -1: take initial_latency_ms
+    jitter_ms: int = -1  # -1: take initial_jitter_ms
     # Seats left per show/flight; absent means default_seats.
     show_seats: dict[str, int] = field(default_factory=dict)
     flight_seats: dict[str, int] = field(default_factory=dict)
@@ -195,6 +201,8 @@ class SimulatorState:
     def __post_init__(self) -> None:
         if self.latency_ms < 0:
             self.latency_ms = self.initial_latency_ms
+        if self.jitter_ms < 0:
+            self.jitter_ms = self.initial_jitter_ms
         self.calls = deque(self.calls, maxlen=self.max_calls)
 
     def reset(self) -> None:
@@ -202,9 +210,16 @@ class SimulatorState:
             default_seats=self.default_seats,
             max_calls=self.max_calls,
             initial_latency_ms=self.initial_latency_ms,
+            initial_jitter_ms=self.initial_jitter_ms,
             seq=self.seq,
         )
         vars(self).update(vars(fresh))
+
+    def latency_draw_ms(self) -> float:
+        """This call's share of the global latency: delay_ms +- a uniform jitter, at least 0."""
+        if not self.jitter_ms:
+            return float(self.latency_ms)
+        return max(0.0, self.latency_ms + _JITTER.uniform(-self.jitter_ms, self.jitter_ms))
 
     # -- faults and call log ------------------------------------------------------------------
 
@@ -413,7 +428,7 @@ def _partner(state: SimulatorState, effect: Effect) -> Endpoint:
         path: str = request.scope["path"]
         # Budget is taken before sleeping so concurrent requests cannot overspend a rule.
         rule = state.take_fault(method, path)
-        delay_ms = state.latency_ms + (rule.delay_ms if rule is not None else 0)
+        delay_ms = state.latency_draw_ms() + (rule.delay_ms if rule is not None else 0)
         if delay_ms:
             await asyncio.sleep(delay_ms / 1000)
         # No await from here on: the check-and-update below is atomic on the event loop.
@@ -430,7 +445,7 @@ def _partner(state: SimulatorState, effect: Effect) -> Endpoint:
             headers=dict(request.headers),
             body=None if body is _MALFORMED else body,
             status=answer.status,
-            delay_ms=delay_ms,
+            delay_ms=round(delay_ms, 1),
             fault=bool(fault_status),
         )
         return answer.response()
@@ -552,14 +567,14 @@ def _sim_routes(state: SimulatorState) -> list[Route]:
         return _json({"ok": True})
 
     async def get_latency(request: Request) -> Response:
-        return _json({"delay_ms": state.latency_ms})
+        return _json({"delay_ms": state.latency_ms, "jitter_ms": state.jitter_ms})
 
     async def put_latency(request: Request) -> Response:
         parsed = _validate(LatencyIn, _parse_json(await request.body()))
         if isinstance(parsed, Answer):
             return _bad_request(parsed)
-        state.latency_ms = parsed.delay_ms
-        return _json({"delay_ms": state.latency_ms})
+        state.latency_ms, state.jitter_ms = parsed.delay_ms, parsed.jitter_ms
+        return _json({"delay_ms": state.latency_ms, "jitter_ms": state.jitter_ms})
 
     # Read-only views of partner state that, unlike the partner GETs, leave the call log and
     # fault budgets alone, so tests can inspect without disturbing what they measure.
@@ -622,12 +637,16 @@ def _sim_routes(state: SimulatorState) -> list[Route]:
 def create_app(
     *,
     latency_ms: int = 0,
+    jitter_ms: int = 0,
     max_calls: int = DEFAULT_MAX_CALLS,
     default_seats: int = DEFAULT_SEATS,
 ) -> Starlette:
     """Build the simulator app; its state is `app.state.simulator` (a `SimulatorState`)."""
     state = SimulatorState(
-        default_seats=default_seats, max_calls=max_calls, initial_latency_ms=latency_ms
+        default_seats=default_seats,
+        max_calls=max_calls,
+        initial_latency_ms=latency_ms,
+        initial_jitter_ms=jitter_ms,
     )
     # Partner routes first (the hot path is matched in order); the catch-all last, so unknown
     # partner paths are answered 404 through the wrapper and still show in the call log.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -157,11 +159,19 @@ def _free_port(host: str) -> int:
         return port
 
 
+def _die_with_parent() -> None:
+    """The simulator gets SIGTERM when the process that started it dies (Linux), so a killed
+    benchmark or test run leaves no simulator behind."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def start_subprocess(
     port: int = 0,
     *,
     host: str = "127.0.0.1",
     latency_ms: int = 0,
+    jitter_ms: int = 0,
     startup_timeout: float = 15.0,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start `python -m partner_simulator` (own process, own GIL); return it and its URL.
@@ -175,8 +185,8 @@ def start_subprocess(
     for attempt in range(attempts):
         chosen = port or _free_port(host)
         cmd = [sys.executable, "-m", "partner_simulator", "--host", host, "--port", str(chosen)]
-        cmd += ["--latency-ms", str(latency_ms)]
-        proc = subprocess.Popen(cmd, env=env, cwd=_PROJECT_ROOT)
+        cmd += ["--latency-ms", str(latency_ms), "--jitter-ms", str(jitter_ms)]
+        proc = subprocess.Popen(cmd, env=env, cwd=_PROJECT_ROOT, preexec_fn=_die_with_parent)
         url = url_for(host, chosen)
         try:
             wait_for_health(url, startup_timeout, alive=lambda p=proc: p.poll() is None)
@@ -270,8 +280,13 @@ class SimulatorClient:
     def clear_faults(self) -> None:
         self._send("DELETE", "/_sim/faults")
 
-    def set_latency(self, delay_ms: int) -> None:
-        self._send("PUT", "/_sim/latency", {"delay_ms": delay_ms})
+    def set_latency(self, delay_ms: int, jitter_ms: int = 0) -> None:
+        """Every partner call waits delay_ms +- a uniform jitter (at least 0)."""
+        self._send("PUT", "/_sim/latency", {"delay_ms": delay_ms, "jitter_ms": jitter_ms})
+
+    def latency(self) -> dict[str, int]:
+        latency: dict[str, int] = self._get("/_sim/latency")
+        return latency
 
     def reset(self) -> None:
         self._send("POST", "/_sim/reset")

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
 from celery import Celery
 from celery.signals import (
     task_postrun,
+    task_prerun,
     worker_init,
     worker_process_init,
     worker_process_shutdown,
@@ -51,7 +54,13 @@ def store() -> BundleStore:
 def partners() -> Partners:
     """For forward steps: a few quick retries, then the step fails and the saga decides."""
     s = get_settings()
-    return Partners(s.gateway_url, s.http_timeout_s, s.http_retry_attempts, s.http_retry_max_wait_s)
+    return Partners(
+        s.gateway_url,
+        s.http_timeout_s,
+        s.http_retry_attempts,
+        s.http_retry_max_wait_s,
+        deadline_s=s.http_call_deadline_s,
+    )
 
 
 @cache
@@ -59,7 +68,11 @@ def compensation_partners() -> Partners:
     """For undo steps: more retries, since an undo must get through if it can at all."""
     s = get_settings()
     return Partners(
-        s.gateway_url, s.http_timeout_s, s.compensation_retry_attempts, s.http_retry_max_wait_s
+        s.gateway_url,
+        s.http_timeout_s,
+        s.compensation_retry_attempts,
+        s.http_retry_max_wait_s,
+        deadline_s=s.compensation_call_deadline_s,
     )
 
 
@@ -74,7 +87,9 @@ def _send_metrics_to_redis(**_: object) -> None:
 def io_pool() -> ThreadPoolExecutor:
     """Threads for the independent partner calls of one undo (a refund and its receipt's void,
     the tickets of one leg): side by side, an undo waits for its slowest call, not their sum."""
-    return ThreadPoolExecutor(max_workers=8, thread_name_prefix="vip-bundles-io")
+    # Shared by every task thread of a `-P threads` process: sized for many undos at once
+    # (threads are only started as calls need them).
+    return ThreadPoolExecutor(max_workers=64, thread_name_prefix="vip-bundles-io")
 
 
 @worker_process_init.connect
@@ -83,6 +98,24 @@ def _fresh_clients_after_fork(**_: object) -> None:
     for getter in (redis_client, store, partners, compensation_partners, io_pool):
         getter.cache_clear()
     _freeze_long_lived_objects()
+
+
+_made_in_pid = 0  # the process whose clients `_make_clients_once` made
+_making = threading.Lock()
+
+
+@task_prerun.connect
+def _make_clients_once(**_: object) -> None:
+    # `functools.cache` may run a getter twice when two threads of a `-P threads` pool ask at
+    # once (two clients, two connection pools): the first task of a process makes them all,
+    # under a lock, before its threads share them. Prefork children redo it after the fork.
+    global _made_in_pid
+    if _made_in_pid != os.getpid():
+        with _making:
+            if _made_in_pid != os.getpid():
+                for getter in (redis_client, store, partners, compensation_partners, io_pool):
+                    getter()
+                _made_in_pid = os.getpid()
 
 
 @worker_ready.connect  # sent by `celery worker` only (not by in-process test workers)

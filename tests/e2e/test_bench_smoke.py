@@ -84,3 +84,33 @@ def test_the_cpu_probe_files_each_side(tmp_path: Path):
     for line in ("chain task bench.baseline.show", "floor task bench.floor.book", "saga task "):
         assert line in summary, summary
     assert "saga redis.commands.core.Script.__call__" in summary, summary
+
+
+@pytest.mark.timeout(300)
+def test_the_ab_comparison_runs_at_partner_speed_on_a_threads_pool():
+    args = ("bench.ab", "cpu", "--rounds", "1", "--flows", "6", "--pool", "threads")
+    done = run_bench(
+        *args, "--concurrency", "4", "--latency-ms", "20", "--jitter-ms", "5", timeout=240
+    )
+    assert "1 x threads -c 4, partners 20 ms" in done.stdout
+    assert "cpu ms per flow, saga, workers: median" in done.stdout
+
+
+@pytest.mark.timeout(600)
+def test_capacity_reports_each_configuration(tmp_path: Path):
+    out = tmp_path / "capacity.json"
+    done = run_bench("bench.capacity", "--quick", "--json", str(out), timeout=540)
+    configurations = json.loads(out.read_text())["configurations"]
+    assert {(c["shape"]["pool"], c["latency_ms"]) for c in configurations} == {
+        ("prefork", 0),
+        ("threads", 0),
+        ("prefork", 50),
+        ("threads", 50),
+    }
+    for c in configurations:
+        summary = c["summary"]
+        assert "error" not in summary, c
+        assert summary["chain_per_s"] > 0 and summary["saga_per_s"] > 0
+        assert summary["worker_cpu_ms_saga"] > 0 and summary["saturates"]
+        assert all(s["errors"] == [] for ss in c["sections"].values() for s in ss)
+    assert "saturates" in done.stdout and "threads -c 8" in done.stdout

@@ -1,6 +1,6 @@
 """As production runs it: RabbitMQ as broker with quorum queues (state still in Redis), a
-booking worker and a compensation worker on separate queues, and `celery beat` healing bundles
-whose message was lost.
+booking worker and a compensation worker on separate queues, both `-P threads` as the README
+recommends, and `celery beat` healing bundles whose message was lost.
 
 Everything here goes through RabbitMQ, so the session's Redis-broker worker never sees it.
 """
@@ -51,13 +51,21 @@ class Topology:
         self.app.conf.task_create_missing_queue_type = "quorum"
         self.env = env
         self.logdir = logdir
+        # The README's pool: `-P threads` on both queues (its partner calls mostly wait).
         self.booking = local_stack.start_worker(
-            env, "booking@localhost", 2, queues=BOOKING, logdir=logdir, control_app=self.app
+            env,
+            "booking@localhost",
+            8,
+            pool="threads",
+            queues=BOOKING,
+            logdir=logdir,
+            control_app=self.app,
         )
         self.compensation = local_stack.start_worker(
             env,
             "compensation@localhost",
-            2,
+            4,
+            pool="threads",
             queues=COMPENSATION,
             logdir=logdir,
             control_app=self.app,

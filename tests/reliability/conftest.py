@@ -12,22 +12,30 @@ import pytest
 from tests.conftest import SERVER_URL
 from tests.reliability import results
 from tests.reliability.invariants import Report
-from tests.reliability.stack import Stack
+from tests.reliability.stack import Stack, suffix
 from vip_bundles import local_stack
 
 
 @pytest.fixture
-def make_stack(redis_url: str, logdir: Path) -> Iterator[Callable[..., Stack]]:
+def worker_pool() -> str:
+    """The workers' pool of a scenario (`-P`): prefork unless the module parametrizes it."""
+    return "prefork"
+
+
+@pytest.fixture
+def make_stack(redis_url: str, logdir: Path, worker_pool: str) -> Iterator[Callable[..., Stack]]:
     """`make_stack(name, url=..., **worker_env)`: a Stack closed after the test, on a database
-    of its own on the test Redis (or on the Redis at `url`, a private server)."""
+    of its own on the test Redis (or on the Redis at `url`, a private server), its workers on
+    `worker_pool`."""
     stacks: list[Stack] = []
 
     def make(name: str, url: str | None = None, **env: str) -> Stack:
+        name += suffix(worker_pool)
         if url is None:
             db = local_stack.claim_database(SERVER_URL)
-            stack = Stack(name, db.url, logdir, release=db.release, **env)
+            stack = Stack(name, db.url, logdir, release=db.release, pool=worker_pool, **env)
         else:
-            stack = Stack(name, url, logdir, **env)
+            stack = Stack(name, url, logdir, pool=worker_pool, **env)
         stacks.append(stack)
         return stack
 
@@ -37,14 +45,18 @@ def make_stack(redis_url: str, logdir: Path) -> Iterator[Callable[..., Stack]]:
 
 
 @pytest.fixture
-def record(request: pytest.FixtureRequest) -> Callable[..., None]:
-    """`record(key, title, report, faults=[...], **figures)`: keep the scenario's figures."""
+def record(request: pytest.FixtureRequest, worker_pool: str) -> Callable[..., None]:
+    """`record(key, title, report, faults=[...], **figures)`: keep the scenario's figures
+    (under `key-threads`, titled "... (-P threads)", when its workers ran on threads)."""
     started = time.monotonic()
 
     def save(key: str, title: str, report: Report, faults: list[str], **figures: Any) -> None:
+        if worker_pool != "prefork":
+            key, title = key + suffix(worker_pool), f"{title} (-P {worker_pool})"
         results.record(
             key,
             title=title,
+            pool=worker_pool,
             faults=faults,
             counts=report.as_dict(),
             violations=report.violations[:20],

@@ -54,13 +54,17 @@ ORDER = [
     "8-cancel-twice",
     "8-cancel-outage",
     "8-cancel-random",
-    "9-failover-kill",
-    "9-failover-cancel",
-    "9-failover-rabbitmq",
-    "10-archive-kill",
-    "10-archive-pg-down",
-    "10-archive-redis-kill",
+    "9-partner-hangs",
+    "10-failover-kill",
+    "10-failover-cancel",
+    "10-failover-rabbitmq",
+    "11-archive-kill",
+    "11-archive-pg-down",
+    "11-archive-redis-kill",
 ]
+# Scenarios recorded on another pool carry its name (`1-kill-redelivery-threads`): each is
+# listed right after its prefork run.
+POOL_SUFFIXES = ("-threads",)
 
 INTRO = f"""# Reliability: what the saga survives, measured
 
@@ -88,7 +92,12 @@ holds (each bundle, its status index, the events stream):
 Each scenario has its own Redis database (queues, results, bundles, events) and its own simulator
 process, so the counts are that scenario's alone. Tests never assert timings.
 
-Run them all (about 6 minutes on 2 cores) and regenerate this page:
+The scenarios that a worker's pool could change (kill -9 with redelivery and with the
+reconciler, a poison step, duplicates, flaky partners, every cancel race, a hanging partner)
+run twice: on prefork, Celery's default, and on `-P threads`, the pool the README recommends
+at the partners' real speed (docs/performance.md); the threads runs are marked *(-P threads)*.
+
+Run them all (about 12 minutes on 2 cores) and regenerate this page:
 
 ```bash
 {RUN_ALL}
@@ -99,7 +108,7 @@ The default `pytest` run skips them (`-m "not slow"`); CI runs both.
 
 # What each scenario shows beyond its numbers.
 NOTES: dict[str, str] = {
-    "10-archive-kill": (
+    "11-archive-kill": (
         "Retention (`vip-bundles archive run` with its clock a week and a day on, batches of 5, "
         "into a PostgreSQL database of the scenario's own). Killed before its first commit: "
         "everything stays in Redis, the archive is empty. Killed after a commit, before the "
@@ -108,12 +117,12 @@ NOTES: dict[str, str] = {
         "it: every bundle archived once, none left in Redis, and the invariants and the audit "
         "hold over Redis and the archive together."
     ),
-    "10-archive-pg-down": (
+    "11-archive-pg-down": (
         "PostgreSQL unreachable, then the archiver's connection terminated mid-write: each pass "
         "exits 2 (`nothing was removed from Redis`), no tombstone is written; with PostgreSQL "
         "back, the next pass archives every bundle."
     ),
-    "10-archive-redis-kill": (
+    "11-archive-redis-kill": (
         "The Redis server is killed while the removal waits (after the batch was committed) and "
         "started again from its append-only file: the archiver fails, every bundle is still in "
         "Redis (some in both), and the next pass finishes. (A removal script itself is atomic: "
@@ -251,7 +260,7 @@ NOTES: dict[str, str] = {
         "refused already failed*); every other cancelled bundle ends `cancelled`. *cancelled "
         "from*: the status each cancel found."
     ),
-    "9-failover-kill": (
+    "10-failover-kill": (
         "A Redis master, its replica (both `appendonly yes`) and three sentinels (quorum 2, "
         "down after 1 s) are real processes on free ports (`tests/reliability/"
         "sentinel_stack.py`); the worker, beat, the callers and `vip-bundles audit` know only "
@@ -269,16 +278,28 @@ NOTES: dict[str, str] = {
         "directly (a SIGSTOPped replica: `tests/e2e/test_sentinel_failover.py`, "
         "`tests/integration/test_redis_connection.py`)."
     ),
-    "9-failover-cancel": (
+    "10-failover-cancel": (
         "The same, with 20 bundles cancelled through the Celery door just before the kill: "
         "every cancel that was answered (or, without an answer, sent again) ends `cancelled`."
     ),
-    "9-failover-rabbitmq": (
+    "10-failover-rabbitmq": (
         "The same failover with RabbitMQ as the broker (a vhost of its own, quorum queues, "
         "publisher confirms): messages are safe at RabbitMQ, state and results follow the "
         "Sentinel master. A step whose outcome was written to the old master in its last "
         "moments had its message acked already: the reconciler re-drives the bundle from its "
         "stored state and the step re-sends with the same idempotency key."
+    ),
+    "9-partner-hangs": (
+        "The airline answers the return flight's booking only after two minutes. On `-P "
+        "threads` Celery enforces no `task_time_limit` (and here it is an hour anyway), so "
+        "what ends the step is the partner client: every try's timeout is cut to what is left "
+        "of the call's total deadline (`HTTP_CALL_DEADLINE_S`), and no retry starts past it. "
+        "*return step seconds*: the inbound leg's `FlightBooked_v1` to the return leg's "
+        "`FlightBookingFailed_v1`, from the bundle's history. The saga then decides "
+        "(`MAX_STEP_ATTEMPTS=1`: give up and roll back, the leg in doubt); the undo that "
+        "re-sends the hung booking to learn its tickets hits the same hang, ends at "
+        "`COMPENSATION_CALL_DEADLINE_S` and parks the bundle (*status while hanging*). Once "
+        "the airline answers, beat takes it up and it ends `failed`, nothing leaked."
     ),
 }
 
@@ -330,6 +351,11 @@ HEALED_BY = [
         "and undone, a step in doubt resolved by re-sending with the same idempotency key",
     ),
     (
+        "a partner that hangs",
+        "the partner client's total deadline per call (each try's timeout cut to what is left), "
+        "on any pool; then the saga's usual failure handling",
+    ),
+    (
         "malformed requests, garbage on the queue",
         "pydantic validation at the doors; JSON-only content; `adapters/broker.py` for what "
         "would stop the worker",
@@ -374,11 +400,22 @@ def _value(value: Any) -> str:
     return str(value)
 
 
+def _base(key: str) -> str:
+    """The prefork scenario a key is a variant of (itself on prefork)."""
+    for suffix in POOL_SUFFIXES:
+        if key.endswith(suffix):
+            return key.removesuffix(suffix)
+    return key
+
+
 def _section(key: str, entry: dict[str, Any]) -> str:
     counts = ", ".join(f"{label} {entry['counts'][c]}" for c, label in COLUMNS)
     lines = [f'<a id="{key}"></a>', f"### {entry['title']}", ""]
     if key in NOTES:
         lines += [NOTES[key], ""]
+    elif (base := _base(key)) != key:
+        pool = entry.get("pool", key.rsplit("-", 1)[-1])
+        lines += [f"The scenario [above](#{base}), every worker on `-P {pool}`.", ""]
     lines += ["Faults injected:", "", *(f"- {f}" for f in entry["faults"]), ""]
     figures = {k: v for k, v in entry.get("figures", {}).items() if k != "bundles"}
     if figures:
@@ -393,7 +430,8 @@ def _section(key: str, entry: dict[str, Any]) -> str:
 
 
 def render(results: dict[str, dict[str, Any]]) -> str:
-    keys = [k for k in ORDER if k in results] + sorted(set(results) - set(ORDER))
+    known = [k + s for k in ORDER for s in ("", *POOL_SUFFIXES)]
+    keys = [k for k in known if k in results] + sorted(set(results) - set(known))
     machine = {results[k].get("machine") for k in keys} - {None}
     dates = sorted(results[k]["recorded_at"] for k in keys)
     header = "| scenario | " + " | ".join(label for _, label in COLUMNS) + " | time |"

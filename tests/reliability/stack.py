@@ -38,6 +38,17 @@ INTAKE, BOOKING, COMPENSATION = "vip-bundles", "vip-bundles.booking", "vip-bundl
 SETTLED = frozenset({*FINAL, Status.COMPENSATION_FAILED})
 # Workers of a scenario heal with the reconciler only when a scenario says so.
 QUIET = {"STALE_AFTER_S": "3600", "RECONCILE_EVERY_S": "3600", "VISIBILITY_TIMEOUT_S": "3600"}
+# The pools the guarantees are shown on: Celery's default, and the I/O pool the README
+# recommends at the partners' real speed (docs/performance.md). A module runs on both with
+# `pytestmark = [..., pytest.mark.parametrize("worker_pool", POOLS)]`.
+POOLS = ["prefork", "threads"]
+
+
+def suffix(pool: str) -> str:
+    """What tells a scenario's names and figures on another pool apart (nothing on prefork)."""
+    return "" if pool == "prefork" else f"-{pool}"
+
+
 _RECEIVED = re.compile(r"Task ([\w.]+)\[([0-9a-f-]{36})\] received")
 _RECONCILED = re.compile(r"reconcile: (\{.*\})")
 
@@ -60,11 +71,13 @@ class Stack:
         release: Callable[[], None] | None = None,
         client: Redis | None = None,
         app: Celery | None = None,
+        pool: str = "prefork",
         **env: str,
     ) -> None:
         """`client` and `app` replace the Redis client and the Celery app made from
         `redis_url` (e.g. ones that follow a Sentinel master); `env` goes to every process."""
         self.name = name
+        self.pool = pool  # every worker's `-P`: the scenarios run on prefork and on threads
         self.redis_url = redis_url  # a database of the scenario's own
         self._release = release
         self.logdir = logdir / name
@@ -96,6 +109,7 @@ class Stack:
             self.env(**env),
             name=f"{self.name}-{name}@localhost",
             concurrency=concurrency,
+            pool=self.pool,
             logdir=self.logdir,
             control_app=self.app,
         )

@@ -153,7 +153,7 @@ def test_archiver_killed_mid_batch_loses_nothing(make_stack, record, archive_url
     healed = where(st)
     report = st.check()
     record(
-        "10-archive-kill",
+        "11-archive-kill",
         "Archiving process killed mid-batch",
         report,
         faults=[
@@ -203,7 +203,7 @@ def test_postgresql_down_while_archiving_removes_nothing(make_stack, record, arc
     healed = where(st)
     report = st.check()
     record(
-        "10-archive-pg-down",
+        "11-archive-pg-down",
         "PostgreSQL down while archiving",
         report,
         faults=[
@@ -238,7 +238,7 @@ def test_redis_killed_mid_removal_loses_nothing(make_stack, record, archive_url,
     healed = where(st)
     report = st.check()
     record(
-        "10-archive-redis-kill",
+        "11-archive-redis-kill",
         "Redis killed mid-removal",
         report,
         faults=[

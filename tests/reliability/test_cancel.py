@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from process_manager.bundle import FINAL, Bundle, Status
-from tests.reliability.stack import SETTLED, Stack, log_count, reconciled
+from tests.reliability.stack import POOLS, SETTLED, Stack, log_count, reconciled
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.parametrize("worker_pool", POOLS)]
 
 SHOW, FLIGHTS = "/dead-nation-api/ticket/booking", "/transportation-api/flight-tickets"
 PAYMENTS, REFUNDS = "/payments-api", "/payments-api/refunds"

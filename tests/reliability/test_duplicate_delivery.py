@@ -21,9 +21,9 @@ import pytest
 from process_manager import saga
 from process_manager.bundle import Bundle, Status
 from process_manager.messages import Leg
-from tests.reliability.stack import SETTLED, Stack, log_count
+from tests.reliability.stack import POOLS, SETTLED, Stack, log_count
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.parametrize("worker_pool", POOLS)]
 
 BUNDLES = 24  # a third with the return flight sold out
 LATENCY_MS = 150  # every partner answer takes this long, so duplicates overlap the originals

@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 
 from process_manager.bundle import Status
-from tests.reliability.stack import Stack
+from tests.reliability.stack import POOLS, Stack
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.parametrize("worker_pool", POOLS)]
 
 BUNDLES = 240
 PARTNERS = ["/dead-nation-api", "/transportation-api", "/payments-api", "/receipts-api"]

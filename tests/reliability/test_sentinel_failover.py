@@ -342,7 +342,7 @@ def test_master_killed_mid_run_loses_nothing_a_caller_was_told(ha, logdir, recor
     try:
         report, figures, _, _ = run_failover(ha, st)
         record(
-            "9-failover-kill",
+            "10-failover-kill",
             "Redis master killed, Sentinel failover",
             report,
             faults=FAULTS,
@@ -359,7 +359,7 @@ def test_cancels_racing_the_failover_end_cancelled(ha, logdir, record):
     try:
         report, figures, _, not_cancelled = run_failover(ha, st, cancels=20)
         record(
-            "9-failover-cancel",
+            "10-failover-cancel",
             "Redis master killed while cancels arrive",
             report,
             faults=[*FAULTS, "20 bundles cancelled through the Celery door just before the kill"],
@@ -424,7 +424,7 @@ def test_state_on_sentinel_broker_on_rabbitmq_quorum_queues(ha, rabbit_vhost, lo
     try:
         report, figures, _, _ = run_failover(ha, st)
         record(
-            "9-failover-rabbitmq",
+            "10-failover-rabbitmq",
             "Redis master killed, broker on RabbitMQ",
             report,
             faults=[

@@ -490,6 +490,68 @@ def test_global_latency_delays_partner_calls_only(http: httpx.Client, sim: Simul
     assert sim.calls(REFUNDS)[-1]["delay_ms"] == 200
 
 
+def test_latency_jitter_spreads_each_call_around_the_delay(
+    http: httpx.Client, sim: SimulatorClient
+) -> None:
+    sim.set_latency(40, jitter_ms=30)
+
+    for _ in range(12):
+        assert http.get(REFUNDS).status_code == 200
+
+    assert sim.latency() == {"delay_ms": 40, "jitter_ms": 30}
+    delays = [c["delay_ms"] for c in sim.calls(REFUNDS)]
+    assert all(10 <= d <= 70 for d in delays)
+    assert len(set(delays)) > 1  # drawn per call, not once
+
+
+def test_jitter_never_makes_a_negative_delay(http: httpx.Client, sim: SimulatorClient) -> None:
+    sim.set_latency(0, jitter_ms=20)
+
+    for _ in range(8):
+        assert http.get(REFUNDS).status_code == 200
+
+    assert all(0 <= c["delay_ms"] <= 20 for c in sim.calls(REFUNDS))
+
+
+def test_latency_without_jitter_is_constant_and_reset_clears_it(
+    http: httpx.Client, sim: SimulatorClient
+) -> None:
+    sim.set_latency(5, jitter_ms=3)
+    sim.set_latency(5)  # jitter_ms defaults to 0
+    http.get(REFUNDS)
+    assert sim.calls(REFUNDS)[-1]["delay_ms"] == 5
+
+    sim.reset()
+
+    assert sim.latency() == {"delay_ms": 0, "jitter_ms": 0}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"delay_ms": 10, "jitter_ms": -1}, "jitter_ms"),
+        ({"delay_ms": 1, "jitter_ms": "5"}, "jitter_ms"),
+    ],
+)
+def test_bad_latency_is_refused_naming_the_field(
+    http: httpx.Client, body: dict[str, Any], field: str
+) -> None:
+    response = http.put("/_sim/latency", json=body)
+
+    assert response.status_code == 400
+    assert response.json()["field"] == field
+
+
+def test_simulator_process_takes_latency_and_jitter_flags() -> None:
+    proc, url = start_subprocess(latency_ms=7, jitter_ms=3)
+    try:
+        with SimulatorClient(url) as client:
+            assert client.latency() == {"delay_ms": 7, "jitter_ms": 3}
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 # -- controls --------------------------------------------------------------------------------------
 
 
