@@ -1,9 +1,10 @@
 """HTTP simulator of the four partners in /work/shared/partners-api.md, plus /_sim controls.
 
-Everything lives in one `SimulatorState` (`state.py`). Handlers are async but never `await` between reading
-and updating state (the only awaits are reading the body and the injected delay, both before
-any check), so on the single event loop each request's check-and-update is atomic: two requests
-racing for the last seats can never both get them, and a replayed key is never booked twice.
+Everything lives in one `SimulatorState` (`state.py`). Handlers are async but never `await`
+between reading and updating state (the only awaits are reading the body and the injected
+delay, both before any check), so on the single event loop each request's check-and-update is
+atomic: two requests racing for the last seats can never both get them, and a replayed key is
+never booked twice.
 
 The partner GET lists answer every record, as the contract says; courtesy filters, served from
 indexes, narrow them: `?reference_id=` / `?flight_id=` (flight tickets), `?payment_reference=`
