@@ -9,8 +9,9 @@ import logging
 
 import uvicorn
 
-from partner_simulator.app import DEFAULT_MAX_CALLS, create_app
+from partner_simulator.app import create_app
 from partner_simulator.server import bind_socket, url_for, uvicorn_config
+from partner_simulator.state import DEFAULT_MAX_CALLS
 
 log = logging.getLogger("partner_simulator")
 

@@ -1,9 +1,10 @@
-"""In-memory simulator of the four partners in /work/shared/partners-api.md, plus /_sim controls.
+"""HTTP simulator of the four partners in /work/shared/partners-api.md, plus /_sim controls.
 
-Everything lives in one `SimulatorState`. Handlers are async but never `await` between reading
-and updating state (the only awaits are reading the body and the injected delay, both before
-any check), so on the single event loop each request's check-and-update is atomic: two requests
-racing for the last seats can never both get them, and a replayed key is never booked twice.
+Everything lives in one `SimulatorState` (`state.py`). Handlers are async but never `await`
+between reading and updating state (the only awaits are reading the body and the injected
+delay, both before any check), so on the single event loop each request's check-and-update is
+atomic: two requests racing for the last seats can never both get them, and a replayed key is
+never booked twice.
 
 The partner GET lists answer every record, as the contract says; courtesy filters, served from
 indexes, narrow them: `?reference_id=` / `?flight_id=` (flight tickets), `?payment_reference=`
@@ -31,22 +32,32 @@ import asyncio
 import json
 import random
 import time
-import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from itertools import islice
-from typing import Annotated, Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-DEFAULT_SEATS = 1_000_000
-DEFAULT_MAX_CALLS = 200_000
-_JITTER = random.Random()  # latency jitter only; fault rules have their own seeded generators
+from partner_simulator.state import (
+    DEFAULT_MAX_CALLS,
+    DEFAULT_SEATS,
+    Answer,
+    FaultIn,
+    FaultRule,
+    FlightBookingIn,
+    LatencyIn,
+    Model,
+    RefundIn,
+    SeatsIn,
+    ShowBookingIn,
+    SimulatorState,
+    VoidReceiptIn,
+    error_answer,
+)
+
 SIM_PREFIX = "/_sim"
 SHOW_BOOKING_PATH = "/dead-nation-api/ticket/booking"
 FLIGHTS_PATH = "/transportation-api/flight-tickets"
@@ -54,311 +65,6 @@ REFUNDS_PATH = "/payments-api/refunds"
 VOID_RECEIPT_PATH = "/receipts-api/void-receipt"
 RECEIPTS_PATH = "/receipts-api/receipts"
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-
-# ---------------------------------------------------------------------------------------------
-# Request bodies. Strict so that "2" is not a number of tickets; extra fields are ignored.
-# Ids are opaque non-empty strings: the contract says "uuid" but clients' keys need not be.
-
-NonEmptyStr = Annotated[str, Field(min_length=1)]
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
-
-
-class ShowBookingIn(_Body):
-    booking_id: NonEmptyStr
-    customer_address: str
-    event_id: NonEmptyStr
-    number_of_tickets: int = Field(ge=1)
-
-
-class FlightBookingIn(_Body):
-    customer_email: str
-    flight_id: NonEmptyStr
-    passenger_names: list[str] = Field(min_length=1)
-    reference_id: str
-    idempotency_key: NonEmptyStr
-
-
-class RefundIn(_Body):
-    payment_reference: NonEmptyStr
-    reason: str
-    deduplication_id: NonEmptyStr
-
-
-class VoidReceiptIn(_Body):
-    ticket_id: NonEmptyStr
-    reason: str
-    idempotent_id: NonEmptyStr
-
-
-class SeatsIn(_Body):
-    seats: int = Field(ge=0)
-
-
-class LatencyIn(_Body):
-    delay_ms: int = Field(ge=0)
-    jitter_ms: int = Field(default=0, ge=0)
-
-
-class FaultIn(_Body):
-    path_prefix: str
-    status: int | None = Field(default=None, ge=0, le=599)
-    times: int | None = Field(default=None, ge=0)
-    delay_ms: int = Field(default=0, ge=0)
-    rate: float | None = Field(default=None, ge=0.0, le=1.0)
-    seed: int = 0
-    methods: list[str] | None = None
-
-
-Model = TypeVar("Model", bound=_Body)
-
-# ---------------------------------------------------------------------------------------------
-# State
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """What a partner endpoint answers; cached as is for idempotent replays."""
-
-    status: int
-    body: Any = None  # None -> empty body (204)
-
-    def response(self) -> Response:
-        if self.body is None:
-            return Response(status_code=self.status)
-        return JSONResponse(self.body, status_code=self.status)
-
-
-def _error(status: int, message: str, field_name: str | None = None) -> Answer:
-    body: dict[str, str] = {"error": message}
-    if field_name is not None:
-        body["field"] = field_name
-    return Answer(status, body)
-
-
-@dataclass
-class FaultRule:
-    path_prefix: str
-    status: int | None  # None: only delay, then answer normally
-    times: int | None  # remaining budget; None: unlimited
-    delay_ms: int
-    rate: float | None
-    methods: frozenset[str] | None
-    rng: random.Random
-
-    def fires(self, method: str, path: str) -> bool:
-        if not path.startswith(self.path_prefix):
-            return False
-        if self.methods is not None and method not in self.methods:
-            return False
-        if self.times is not None and self.times <= 0:
-            return False
-        if self.rate is not None and self.rng.random() >= self.rate:
-            return False
-        if self.times is not None:
-            self.times -= 1
-        return True
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "path_prefix": self.path_prefix,
-            "status": self.status,
-            "times": self.times,
-            "delay_ms": self.delay_ms,
-            "rate": self.rate,
-            "methods": sorted(self.methods) if self.methods is not None else None,
-        }
-
-
-@dataclass
-class SimulatorState:
-    default_seats: int = DEFAULT_SEATS
-    max_calls: int = DEFAULT_MAX_CALLS
-    initial_latency_ms: int = 0
-    initial_jitter_ms: int = 0
-    latency_ms: int = -1  # -1: take initial_latency_ms
-    jitter_ms: int = -1  # -1: take initial_jitter_ms
-    # Seats left per show/flight; absent means default_seats.
-    show_seats: dict[str, int] = field(default_factory=dict)
-    flight_seats: dict[str, int] = field(default_factory=dict)
-    # Flight tickets as served by GET, by ticket id, plus indexes for the filtered GET.
-    flight_tickets: dict[str, dict[str, Any]] = field(default_factory=dict)
-    tickets_by_reference: dict[str, list[str]] = field(default_factory=dict)
-    tickets_by_flight: dict[str, list[str]] = field(default_factory=dict)
-    # Refunds by an internal id (insertion order is the list order), indexed by the ticket paid.
-    refunds: dict[str, dict[str, Any]] = field(default_factory=dict)
-    refunds_by_reference: dict[str, list[str]] = field(default_factory=dict)
-    receipts: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # First answer per (path, idempotency key).
-    answers: dict[tuple[str, str], Answer] = field(default_factory=dict)
-    faults: list[FaultRule] = field(default_factory=list)
-    calls: deque[dict[str, Any]] = field(default_factory=deque)
-    # Survives reset so that a poller's `since` cursor stays valid.
-    seq: int = 0
-
-    def __post_init__(self) -> None:
-        if self.latency_ms < 0:
-            self.latency_ms = self.initial_latency_ms
-        if self.jitter_ms < 0:
-            self.jitter_ms = self.initial_jitter_ms
-        self.calls = deque(self.calls, maxlen=self.max_calls)
-
-    def reset(self) -> None:
-        fresh = SimulatorState(
-            default_seats=self.default_seats,
-            max_calls=self.max_calls,
-            initial_latency_ms=self.initial_latency_ms,
-            initial_jitter_ms=self.initial_jitter_ms,
-            seq=self.seq,
-        )
-        vars(self).update(vars(fresh))
-
-    def latency_draw_ms(self) -> float:
-        """This call's share of the global latency: delay_ms +- a uniform jitter, at least 0."""
-        if not self.jitter_ms:
-            return float(self.latency_ms)
-        return max(0.0, self.latency_ms + _JITTER.uniform(-self.jitter_ms, self.jitter_ms))
-
-    # -- faults and call log ------------------------------------------------------------------
-
-    def take_fault(self, method: str, path: str) -> FaultRule | None:
-        for rule in self.faults:
-            if rule.fires(method, path):
-                if rule.times == 0:
-                    self.faults.remove(rule)  # spent; keeps the scan short
-                return rule
-        return None
-
-    def record_call(self, **entry: Any) -> None:
-        self.seq += 1
-        self.calls.append({"seq": self.seq, **entry})
-
-    def calls_since(self, since: int, path_prefix: str | None) -> list[dict[str, Any]]:
-        # Seqs in the log are contiguous and end at self.seq, so the tail is found without a scan.
-        newer = min(len(self.calls), max(self.seq - since, 0))
-        selected = list(islice(reversed(self.calls), newer))
-        selected.reverse()
-        if path_prefix:
-            selected = [c for c in selected if c["path"].startswith(path_prefix)]
-        return selected
-
-    # -- partner effects (synchronous: see module docstring) -----------------------------------
-
-    def book_show(self, req: ShowBookingIn) -> Answer:
-        left = self.show_seats.get(req.event_id, self.default_seats)
-        if left < req.number_of_tickets:
-            return _error(409, f"event {req.event_id}: {left} seats left")
-        self.show_seats[req.event_id] = left - req.number_of_tickets
-        ticket_ids = [str(uuid.uuid4()) for _ in range(req.number_of_tickets)]
-        for ticket_id in ticket_ids:
-            receipt = {"ticket_id": ticket_id, "voided": False, "void_reason": None}
-            self.receipts[ticket_id] = receipt
-        return Answer(201, {"booking_id": req.booking_id, "ticket_ids": ticket_ids})
-
-    def book_flight(self, req: FlightBookingIn) -> Answer:
-        left = self.flight_seats.get(req.flight_id, self.default_seats)
-        if left < len(req.passenger_names):
-            return _error(409, f"flight {req.flight_id}: {left} seats left")
-        self.flight_seats[req.flight_id] = left - len(req.passenger_names)
-        ticket_ids = []
-        for name in req.passenger_names:
-            ticket_id = str(uuid.uuid4())
-            ticket_ids.append(ticket_id)
-            self.flight_tickets[ticket_id] = {
-                "ticket_id": ticket_id,
-                "flight_id": req.flight_id,
-                "reference_id": req.reference_id,
-                "passenger_name": name,
-                "customer_email": req.customer_email,
-                "cancelled": False,
-            }
-            self.tickets_by_reference.setdefault(req.reference_id, []).append(ticket_id)
-            self.tickets_by_flight.setdefault(req.flight_id, []).append(ticket_id)
-        return Answer(201, {"ticket_ids": ticket_ids})
-
-    def cancel_flight_ticket(self, ticket_id: str) -> Answer:
-        ticket = self.flight_tickets.get(ticket_id)
-        if ticket is None or ticket["cancelled"]:
-            return _error(404, f"no active flight ticket {ticket_id}")
-        ticket["cancelled"] = True
-        flight_id = ticket["flight_id"]
-        self.flight_seats[flight_id] = self.flight_seats.get(flight_id, self.default_seats) + 1
-        return Answer(204)
-
-    def list_flight_tickets(
-        self, reference_id: str | None = None, flight_id: str | None = None
-    ) -> list[dict[str, Any]]:
-        if reference_id is not None:
-            ids = self.tickets_by_reference.get(reference_id, [])
-        elif flight_id is not None:
-            ids = self.tickets_by_flight.get(flight_id, [])
-        else:
-            return list(self.flight_tickets.values())
-        tickets = [self.flight_tickets[i] for i in ids]
-        if reference_id is not None and flight_id is not None:
-            tickets = [t for t in tickets if t["flight_id"] == flight_id]
-        return tickets
-
-    def refund(self, req: RefundIn) -> Answer:
-        refund_id = str(uuid.uuid4())
-        self.refunds[refund_id] = {
-            "payment_reference": req.payment_reference,
-            "reason": req.reason,
-            "deduplication_id": req.deduplication_id,
-        }
-        self.refunds_by_reference.setdefault(req.payment_reference, []).append(refund_id)
-        return Answer(201, {"refund_id": refund_id, "payment_reference": req.payment_reference})
-
-    def list_refunds(self, payment_reference: str | None = None) -> list[dict[str, Any]]:
-        if payment_reference is None:
-            return list(self.refunds.values())
-        return [self.refunds[i] for i in self.refunds_by_reference.get(payment_reference, [])]
-
-    def list_receipts(self, ticket_id: str | None = None) -> list[dict[str, Any]]:
-        if ticket_id is None:
-            return list(self.receipts.values())
-        receipt = self.receipts.get(ticket_id)
-        return [receipt] if receipt is not None else []
-
-    def void_receipt(self, req: VoidReceiptIn) -> Answer:
-        receipt = self.receipts.get(req.ticket_id)
-        if receipt is None:
-            receipt = self.receipts[req.ticket_id] = {"ticket_id": req.ticket_id}
-        if not receipt.get("voided"):  # a receipt is voided once; the first reason stays
-            receipt["voided"] = True
-            receipt["void_reason"] = req.reason
-        return Answer(200, {"ticket_id": req.ticket_id, "voided": True})
-
-    # -- drift: partner records changed behind the product's back (controls only) -------------
-
-    def revive_flight_ticket(self, ticket_id: str) -> dict[str, Any] | None:
-        """Un-cancel a ticket (its seat taken again), as if the cancellation never happened."""
-        ticket = self.flight_tickets.get(ticket_id)
-        if ticket is None:
-            return None
-        if ticket["cancelled"]:
-            ticket["cancelled"] = False
-            flight_id = ticket["flight_id"]
-            self.flight_seats[flight_id] = self.flight_seats.get(flight_id, self.default_seats) - 1
-        return ticket
-
-    def forget_refunds(self, payment_reference: str) -> int:
-        """Drop every refund of one payment; how many there were."""
-        ids = self.refunds_by_reference.pop(payment_reference, [])
-        for refund_id in ids:
-            del self.refunds[refund_id]
-        return len(ids)
-
-    def unvoid_receipt(self, ticket_id: str) -> dict[str, Any] | None:
-        receipt = self.receipts.get(ticket_id)
-        if receipt is None:
-            return None
-        receipt["voided"] = False
-        receipt["void_reason"] = None
-        return receipt
-
 
 # ---------------------------------------------------------------------------------------------
 # HTTP plumbing
@@ -381,15 +87,15 @@ def _parse_json(raw: bytes) -> Any:
 
 def _validate(model: type[Model], body: Any) -> Model | Answer:
     if body is _MALFORMED:
-        return _error(400, "malformed JSON body", "body")
+        return error_answer(400, "malformed JSON body", "body")
     if not isinstance(body, dict):
-        return _error(400, "body must be a JSON object", "body")
+        return error_answer(400, "body must be a JSON object", "body")
     try:
         return model.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = first["loc"]
-        return _error(400, f"{first['msg']}", str(loc[0]) if loc else "body")
+        return error_answer(400, f"{first['msg']}", str(loc[0]) if loc else "body")
 
 
 def _keyed(
@@ -404,7 +110,7 @@ def _keyed(
         key: str = getattr(parsed, key_field)
         header = request.headers.get("idempotency-key")
         if header is not None and header != key:
-            return _error(
+            return error_answer(
                 400, f"Idempotency-Key header differs from body field {key_field}", key_field
             )
         cache_key = (request.scope["path"], key)
@@ -435,7 +141,7 @@ def _partner(state: SimulatorState, effect: Effect) -> Endpoint:
         body = _parse_json(raw)
         fault_status = rule.status if rule is not None else None
         if fault_status:
-            answer = _error(fault_status, "injected fault")  # no effect, not cached
+            answer = error_answer(fault_status, "injected fault")  # no effect, not cached
         else:
             answer = effect(state, request, body)
         state.record_call(
@@ -479,7 +185,7 @@ def _list_receipts(state: SimulatorState, request: Request, body: Any) -> Answer
 
 
 def _not_found(state: SimulatorState, request: Request, body: Any) -> Answer:
-    return _error(404, f"no endpoint {request.scope['method']} {request.scope['path']}")
+    return error_answer(404, f"no endpoint {request.scope['method']} {request.scope['path']}")
 
 
 # The whole partner surface: (path, method, effect). Mutations name their idempotency key field.
@@ -512,7 +218,7 @@ def _sim_routes(state: SimulatorState) -> list[Route]:
         try:
             since = int(request.query_params.get("since", "0"))
         except ValueError:
-            return _bad_request(_error(400, "since must be an integer", "since"))
+            return _bad_request(error_answer(400, "since must be an integer", "since"))
         selected = state.calls_since(since, request.query_params.get("path_prefix"))
         return _json({"calls": selected, "last_seq": state.seq})
 

@@ -18,7 +18,8 @@ from typing import Any, Self
 import httpx
 import uvicorn
 
-from partner_simulator.app import DEFAULT_MAX_CALLS, SimulatorState, create_app
+from partner_simulator.app import create_app
+from partner_simulator.state import DEFAULT_MAX_CALLS, SimulatorState
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,10 +7,7 @@ Everything here goes through RabbitMQ, so the session's Redis-broker worker neve
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,9 +17,9 @@ from celery import Celery
 from process_manager.bundle import Status
 from tests.helpers import Saga, request
 from tests.needs import missing
+from tests.rabbitmq import AMQP_URL, own_vhost
 from vip_bundles import local_stack
 
-AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 BOOKING = ["vip-bundles", "vip-bundles.booking"]
 COMPENSATION = ["vip-bundles.compensation"]
 
@@ -94,21 +91,9 @@ class Topology:
 
 @pytest.fixture(scope="module")
 def vhost() -> Iterator[str]:
-    """A RabbitMQ vhost of this run's own, as deployments sharing a RabbitMQ are told apart."""
-    name = f"vip-bundles-test-{uuid.uuid4().hex[:8]}"
-    try:
-        for args in (
-            ["add_vhost", name],
-            ["set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
-        ):
-            subprocess.run(
-                ["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60
-            )
-    except (OSError, subprocess.SubprocessError):  # no rabbitmqctl here: the default vhost
-        yield AMQP_URL
-        return
-    yield f"{AMQP_URL.rstrip('/')}/{name}"
-    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", name], capture_output=True, timeout=60)
+    """A RabbitMQ vhost of this run's own (no rabbitmqctl here: the default vhost)."""
+    with own_vhost("vip-bundles-test") as url:
+        yield url or AMQP_URL
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from partner_simulator.app import SimulatorState
 from partner_simulator.server import SimulatorClient, SimulatorServer, start_subprocess
+from partner_simulator.state import SimulatorState
 
 SHOWS = "/dead-nation-api/ticket/booking"
 FLIGHTS = "/transportation-api/flight-tickets"
