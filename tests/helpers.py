@@ -64,3 +64,21 @@ class Saga:
             if any(i in blob for i in mine):
                 out.append(call)
         return out
+
+
+def book_args(body: dict) -> list[str]:
+    """`vip-bundles book ...` arguments for a request body (the CLI's door)."""
+    args = [
+        "book",
+        "--customer-email",
+        body["customer_email"],
+        "--show-id",
+        body["show_id"],
+        "--inbound-flight-id",
+        body["inbound_flight_id"],
+        "--return-flight-id",
+        body["return_flight_id"],
+    ]
+    for name in body["passengers"]:
+        args += ["--passenger", name]
+    return args

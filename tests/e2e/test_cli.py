@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from tests.helpers import Saga, request
+from tests.helpers import Saga, book_args, request
 from vip_bundles import local_stack
 
 
@@ -19,23 +19,6 @@ def vip_bundles(*args: str, timeout: float = 120, **env_changes: str):
         text=True,
         timeout=timeout,
     )
-
-
-def book_args(body: dict) -> list[str]:
-    args = [
-        "book",
-        "--customer-email",
-        body["customer_email"],
-        "--show-id",
-        body["show_id"],
-        "--inbound-flight-id",
-        body["inbound_flight_id"],
-        "--return-flight-id",
-        body["return_flight_id"],
-    ]
-    for name in body["passengers"]:
-        args += ["--passenger", name]
-    return args
 
 
 def test_book_status_and_list(saga: Saga):

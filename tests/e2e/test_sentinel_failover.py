@@ -28,7 +28,7 @@ from pytest_examples import find_examples
 
 from adapters.store import BundleStore
 from process_manager.bundle import FINAL, Bundle, Status
-from tests.helpers import request
+from tests.helpers import book_args, request
 from tests.needs import missing
 from tests.outsider import outsider
 from tests.reliability.sentinel_stack import MASTER_NAME, SentinelStack
@@ -195,18 +195,7 @@ def test_flower_sees_the_workers_after_a_promotion_without_a_restart(promoted: P
 
 def test_the_cli_books_reads_and_cancels_on_the_new_master(promoted: Promoted, sim):
     ha, body = promoted.ha, request()
-    book = ha.cli(
-        "book",
-        "--customer-email",
-        body["customer_email"],
-        "--show-id",
-        body["show_id"],
-        "--inbound-flight-id",
-        body["inbound_flight_id"],
-        "--return-flight-id",
-        body["return_flight_id"],
-        *[arg for name in body["passengers"] for arg in ("--passenger", name)],
-    )
+    book = ha.cli(*book_args(body))
     assert book.returncode == 0, book.stderr
     bundle_id = json.loads(book.stdout)["vip_bundle_id"]
     status = ha.cli("status", bundle_id)
