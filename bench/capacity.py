@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout this file is in
 
-from bench.capacity_report import configuration, table
+from bench.capacity_report import configuration, markdown, table
 from bench.run import code_version, machine, say
 from bench.stack import Shape, running
 
@@ -40,7 +40,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.capacity", description=__doc__)
     p.add_argument("--latency", default="0,50,200", help="partner latencies, ms, comma-separated")
     p.add_argument("--jitter-pct", type=int, default=25, help="jitter, % of the latency (+-)")
-    p.add_argument("--shapes", default=DEFAULT_SHAPES, help="POOL:[PROCESSESx]CONCURRENCY,...")
+    p.add_argument(
+        "--shapes",
+        default=DEFAULT_SHAPES,
+        help="POOL:[PROCESSESx]CONCURRENCY[+UNDO],...; +UNDO: the README's production lines "
+        "(those processes on intake and booking, one -c UNDO on the compensation queue)",
+    )
     p.add_argument("--window-per-slot", type=float, default=1.5, help="flows in flight per slot")
     p.add_argument("--window", type=int, default=0, help="flows in flight (overrides the above)")
     p.add_argument("--flows-per-window", type=float, default=4.0, help="flows per section")
@@ -57,11 +62,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--private-redis", action="store_true", help="an own redis-server")
     p.add_argument("--json", dest="json_path", default=None)
+    p.add_argument("--markdown", default=None, help="also write docs/performance.md's tables here")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # "SHAPE@LATENCY": one child
     args = p.parse_args(argv)
     if args.quick:
-        args.latency, args.shapes, args.rounds = "0,50", "prefork:2,threads:8", 1
+        args.latency, args.shapes, args.rounds = "0,50", "prefork:2,threads:8+2", 1
         args.min_flows, args.flows_per_window, args.light_flows = 8, 1.0, 3
     return args
 
@@ -82,10 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         # once per process, and each configuration has a stack of its own.
         for latency in latencies:
             for shape in shapes:
-                out = (
-                    Path(tmp) / f"{shape.pool}-{shape.processes}x{shape.concurrency}-{latency}.json"
-                )
-                one = f"{shape.pool}:{shape.processes}x{shape.concurrency}@{latency}"
+                name = f"{shape.pool}-{shape.processes}x{shape.concurrency}+{shape.undo}-{latency}"
+                out = Path(tmp) / f"{name}.json"
+                one = f"{shape.pool}:{shape.processes}x{shape.concurrency}+{shape.undo}@{latency}"
                 say(f"=== partner latency {latency} ms, {shape.label()} ===")
                 code = subprocess.call(
                     [
@@ -118,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json_path:
         Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_path).write_text(json.dumps(figures, indent=2, default=str))
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(figures["configurations"]))
     return worst
 
 
@@ -152,6 +159,7 @@ def _one(args: argparse.Namespace) -> int:
             processes=shape.processes,
             latency_ms=latency,
             jitter_ms=jitter,
+            undo_concurrency=shape.undo,
         ) as stack:
             # Imported here: `tasks` reads its settings once, and the stack has just set them.
             from bench.meter import Meter

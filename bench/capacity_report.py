@@ -112,9 +112,15 @@ HEAD = (
 )
 
 
+def shape_label(shape: dict[str, Any]) -> str:
+    """`3 x threads -c 64` (each process on every queue), `+16u`: one -c 16 undo worker too."""
+    label = f"{shape['processes']} x {shape['pool']} -c {shape['concurrency']}"
+    return f"{label} +{shape['undo']}u" if shape.get("undo") else label
+
+
 def row(c: dict[str, Any]) -> str:
     s, shape = c["summary"], c["shape"]
-    label = f"{shape['processes']} x {shape['pool']} -c {shape['concurrency']}"
+    label = shape_label(shape)
     latency = f"{c['latency_ms']}+-{c['jitter_ms']}"
     if "error" in s:
         return f"{latency:>8} {label:<22} {c['window']:>4} ERROR {s['error']}"
@@ -148,19 +154,56 @@ def table(configurations: list[dict[str, Any]], note: bool = True) -> str:
         return "\n".join(lines)
     extra = []
     for c in configurations:
-        s = c["summary"]
+        s, where = c["summary"], f"  {c['latency_ms']} ms, {shape_label(c['shape'])}:"
         if "rollback_p99_over_chain_p99_one_at_a_time" in s:
             ratios = ", ".join(f"{x:.2f}" for x in s["rollback_p99_over_chain_p99_one_at_a_time"])
             extra.append(
-                f"  {c['latency_ms']} ms, {c['shape']['pool']} {c['shape']['processes']}x"
-                f"{c['shape']['concurrency']}: rollback p99 {s['rollback_light_p99_ms']:.0f} ms "
+                f"{where} rollback p99 {s['rollback_light_p99_ms']:.0f} ms "
                 f"/ chain p99 {s['chain_light_p99_ms']:.0f} ms, one at a time (rounds {ratios})"
             )
         if "simulator_cpu_max" in s:
             extra.append(
-                f"  {c['latency_ms']} ms, {c['shape']['pool']} {c['shape']['processes']}x"
-                f"{c['shape']['concurrency']}: simulator at most {s['simulator_cpu_max']:.2f} "
+                f"{where} simulator at most {s['simulator_cpu_max']:.2f} "
                 f"of a core, probe p50 at most {s['simulator_probe_p50_max_ms']:.1f} ms; "
                 f"pool limit ~{s['pool_limit_per_s']:.0f}/s"
             )
     return "\n".join([*lines, NOTE, *extra])
+
+
+MARKDOWN_HEAD = (
+    "| workers | window | chain/s | saga/s | saga / chain (rounds) | p50 ms chain / saga "
+    "| p99 ms chain / saga | p99 saga / chain | worker CPU ms / bundle, chain / saga "
+    "| whole run CPU ms, chain / saga | workers' cores | machine busy | queued | in flight "
+    "| saturates |\n"
+    "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+    "| ---: | --- |"
+)
+
+
+def markdown(configurations: list[dict[str, Any]]) -> str:
+    """docs/performance.md's tables: one per partner latency, a row per configuration."""
+    out = []
+    for latency in sorted({c["latency_ms"] for c in configurations}):
+        rows = [c for c in configurations if c["latency_ms"] == latency]
+        out += [f"**Partners at {latency} ms +- {rows[0]['jitter_ms']} ms**:", "", MARKDOWN_HEAD]
+        for c in rows:
+            s, label = c["summary"], shape_label(c["shape"]).replace(" x ", " x `-P ", 1)
+            label = f"{label}`".replace(" +", "` + `-c ").replace("u`", "` undo")
+            if "error" in s:
+                out.append(f"| {label} | {c['window']} | error: {s['error']} |")
+                continue
+            rounds = ", ".join(f"{x:.2f}" for x in s["saga_over_chain"])
+            verdicts = sorted(set(s["saturates"]), key=s["saturates"].count, reverse=True)
+            out.append(
+                f"| {label} | {c['window']} | {s['chain_per_s']:.1f} | {s['saga_per_s']:.1f} "
+                f"| {s['saga_over_chain_median']:.2f} ({rounds}) "
+                f"| {s['chain_p50_ms']:.0f} / {s['saga_p50_ms']:.0f} "
+                f"| {s['chain_p99_ms']:.0f} / {s['saga_p99_ms']:.0f} "
+                f"| {s['p99_ratio_median']:.2f} "
+                f"| {s['worker_cpu_ms_chain']:.1f} / {s['worker_cpu_ms_saga']:.1f} "
+                f"| {s['run_cpu_ms_chain']:.1f} / {s['run_cpu_ms_saga']:.1f} "
+                f"| {s['worker_cores_saga']:.2f} | {s['machine_busy_saga']:.2f} "
+                f"| {s['queued_saga']:.0f} | {s['in_flight_saga']:.0f} | {' / '.join(verdicts)} |"
+            )
+        out.append("")
+    return "\n".join(out)

@@ -18,9 +18,7 @@ from typing import Any
 import httpx
 import redis
 
-from bench.stack import Stack, cpu_seconds
-
-QUEUES = ("vip-bundles", "vip-bundles.booking", "vip-bundles.compensation")  # celeryconfig's
+from bench.stack import QUEUES, Stack, cpu_seconds
 
 
 @dataclass

@@ -24,6 +24,8 @@ from adapters.settings import get_settings
 from partner_simulator.server import start_subprocess
 from vip_bundles import local_stack
 
+# celeryconfig's queues (not imported from there: it reads the settings when imported).
+QUEUES = ("vip-bundles", "vip-bundles.booking", "vip-bundles.compensation")
 # As `worker --include`; the probe does nothing unless BENCH_CPU_PROBE is set.
 BASELINE_MODULE = "bench.baseline_tasks,bench.floor_tasks,bench.cpu_probe"
 
@@ -46,27 +48,35 @@ class Stack:
 
 @dataclass(frozen=True)
 class Shape:
-    """How the workers of one host are laid out: `processes` x `celery worker -P pool -c C`."""
+    """How the workers of one host are laid out: `processes` x `celery worker -P pool -c C`,
+    each consuming every queue; or, with `undo`, the README's production lines: those
+    processes on the intake and booking queues, plus one `-c undo` on the compensation queue."""
 
     pool: str = "prefork"
     concurrency: int = 2
     processes: int = 1
+    undo: int = 0  # concurrency of a compensation-queue worker of its own (0: none)
 
     @classmethod
     def parse(cls, text: str) -> Shape:
-        """`threads:2x32` (2 worker processes, -P threads -c 32), `prefork:8` (1 x -c 8)."""
+        """`threads:2x32` (2 worker processes, -P threads -c 32), `prefork:8` (1 x -c 8),
+        `threads:3x64+16` (3 x -c 64 booking, 1 x -c 16 undo)."""
         pool, _, size = text.partition(":")
+        size, _, undo = size.partition("+")
         processes, _, concurrency = size.rpartition("x")
-        if pool not in ("prefork", "threads", "gevent", "eventlet", "solo") or not concurrency:
-            raise ValueError(f"shape {text!r}: expected POOL:[PROCESSESx]CONCURRENCY")
-        return cls(pool, int(concurrency), int(processes or 1))
+        pools = ("prefork", "threads", "gevent", "eventlet", "solo")
+        if pool not in pools or not concurrency.isdigit() or not (undo or "0").isdigit():
+            raise ValueError(f"shape {text!r}: expected POOL:[PROCESSESx]CONCURRENCY[+UNDO]")
+        return cls(pool, int(concurrency), int(processes or 1), int(undo or 0))
 
     @property
     def slots(self) -> int:
+        """Slots for booking steps (the undo worker's are for rollbacks only)."""
         return self.processes * self.concurrency
 
     def label(self) -> str:
-        return f"{self.processes} x -P {self.pool} -c {self.concurrency}"
+        booking = f"{self.processes} x -P {self.pool} -c {self.concurrency}"
+        return f"{booking} + 1 x -c {self.undo} undo" if self.undo else booking
 
 
 @contextlib.contextmanager
@@ -78,9 +88,12 @@ def running(
     processes: int = 1,
     latency_ms: int = 0,
     jitter_ms: int = 0,
+    undo_concurrency: int = 0,
 ) -> Iterator[Stack]:
     """Start Redis (if need be), the simulator (answering after `latency_ms` +- `jitter_ms`)
-    and `processes` workers; stop them and delete the keys."""
+    and `processes` workers; stop them and delete the keys. With `undo_concurrency`, the
+    workers split the queues as the README's production lines do: `processes` on intake and
+    booking, one more (`-c undo_concurrency`) on the compensation queue."""
     url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     found = local_stack.start_redis_server() if private_redis else local_stack.ensure_redis(url)
     # A database of the run's own on that server: no other worker consumes its queues, and
@@ -102,18 +115,24 @@ def running(
         # Celery's CLI reads CELERY_WORKER_INCLUDE as `worker --include`, so local_stack,
         # celeryconfig and the task list stay as they are.
         worker_env = local_stack.celery_env(**env, CELERY_WORKER_INCLUDE=BASELINE_MODULE)
-        for _ in range(processes):
+        intake, booking, undo = QUEUES
+        lines = [(concurrency, [intake, booking] if undo_concurrency else None)] * processes
+        if undo_concurrency:
+            lines.append((undo_concurrency, [undo]))
+        for slots, queues in lines:
             workers.append(
                 local_stack.start_worker(
                     worker_env,
                     name=f"bench-{uuid.uuid4().hex[:8]}@localhost",
-                    concurrency=concurrency,
+                    concurrency=slots,
                     pool=pool,
+                    queues=queues,
                     logdir=logdir,
                 )
             )
         settings = worker_settings(pool, concurrency)
         settings |= {"processes": processes, "partner_latency_ms": latency_ms}
+        settings["undo_concurrency"] = undo_concurrency
         settings["partner_jitter_ms"] = jitter_ms
         yield Stack(
             prefix=prefix,

@@ -98,8 +98,10 @@ def test_the_ab_comparison_runs_at_partner_speed_on_a_threads_pool():
 
 @pytest.mark.timeout(600)
 def test_capacity_reports_each_configuration(tmp_path: Path):
-    out = tmp_path / "capacity.json"
-    done = run_bench("bench.capacity", "--quick", "--json", str(out), timeout=540)
+    out, tables = tmp_path / "capacity.json", tmp_path / "capacity.md"
+    done = run_bench(
+        "bench.capacity", "--quick", "--json", str(out), "--markdown", str(tables), timeout=540
+    )
     configurations = json.loads(out.read_text())["configurations"]
     assert {(c["shape"]["pool"], c["latency_ms"]) for c in configurations} == {
         ("prefork", 0),
@@ -113,4 +115,7 @@ def test_capacity_reports_each_configuration(tmp_path: Path):
         assert summary["chain_per_s"] > 0 and summary["saga_per_s"] > 0
         assert summary["worker_cpu_ms_saga"] > 0 and summary["saturates"]
         assert all(s["errors"] == [] for ss in c["sections"].values() for s in ss)
-    assert "saturates" in done.stdout and "threads -c 8" in done.stdout
+    # The quick threads shape is the README's production layout: booking and undo apart.
+    assert "saturates" in done.stdout and "threads -c 8 +2u" in done.stdout
+    assert [c["shape"]["undo"] for c in configurations if c["shape"]["pool"] == "threads"] == [2, 2]
+    assert "| 1 x `-P threads -c 8` + `-c 2` undo |" in tables.read_text()
