@@ -95,7 +95,9 @@ process, so the counts are that scenario's alone. Tests never assert timings.
 The scenarios that a worker's pool could change (kill -9 with redelivery and with the
 reconciler, a poison step, duplicates, flaky partners, every cancel race, a hanging partner)
 run twice: on prefork, Celery's default, and on `-P threads`, the pool the README recommends
-at the partners' real speed (docs/performance.md); the threads runs are marked *(-P threads)*.
+at the partners' real speed (docs/performance.md); the threads runs are marked *(-P threads)*
+and their workers run the README's `-c 64` (a scenario that pins one or two slots keeps them),
+so a worker killed mid-step takes up to 64 steps in flight with it.
 
 Run them all (about 12 minutes on 2 cores) and regenerate this page:
 

@@ -42,6 +42,10 @@ QUIET = {"STALE_AFTER_S": "3600", "RECONCILE_EVERY_S": "3600", "VISIBILITY_TIMEO
 # recommends at the partners' real speed (docs/performance.md). A module runs on both with
 # `pytestmark = [..., pytest.mark.parametrize("worker_pool", POOLS)]`.
 POOLS = ["prefork", "threads"]
+# On threads, a scenario's workers run the README's booking line, `-P threads -c 64`: a kill -9
+# then takes up to 64 steps in flight with it, not 4. Scenarios that pin one or two slots (to
+# order their steps) keep them.
+THREADS_CONCURRENCY = 64
 
 
 def suffix(pool: str) -> str:
@@ -105,6 +109,8 @@ class Stack:
         )
 
     def start_worker(self, name: str, concurrency: int = 4, **env: str) -> local_stack.Worker:
+        if self.pool == "threads" and concurrency > 2:
+            concurrency = THREADS_CONCURRENCY
         worker = local_stack.start_worker(
             self.env(**env),
             name=f"{self.name}-{name}@localhost",
