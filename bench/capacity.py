@@ -8,7 +8,10 @@ flows/s (median of rounds), saga / chain per round, p50 / p99, CPU per bundle (t
 alone, and the whole run: workers, Redis, simulator, driver), messages waiting in the broker,
 and what saturates (`bench/capacity_report.py`). Method and figures: docs/performance.md.
 
-    .venv/bin/python -m bench.capacity --latency 0,50,200 --private-redis --json build/cap.json
+    .venv/bin/python -m bench.capacity --light-flows 20 --private-redis --json build/capacity.json \
+        --markdown build/capacity.md                  # docs/performance.md's figures
+    .venv/bin/python -m bench.capacity --latency 200 --shapes threads:3x64+16 --window 64 \
+        --flows-per-window 10 --private-redis         # below saturation
     .venv/bin/python -m bench.capacity --quick        # seconds: two latencies, two shapes
 """
 
@@ -31,9 +34,9 @@ from bench.capacity_report import configuration, markdown, table
 from bench.run import code_version, machine, say
 from bench.stack import Shape, running
 
-DEFAULT_SHAPES = (
-    "prefork:2,prefork:8,prefork:16,threads:16,threads:32,threads:64,threads:2x32,threads:2x64"
-)
+# Celery's default, prefork at the size a partner's latency needs, the previous round's
+# recommendation and the README's production lines (3 booking processes, one undo worker).
+DEFAULT_SHAPES = "prefork:2,prefork:16,threads:2x64,threads:3x64+16"
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
