@@ -91,9 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         # once per process, and each configuration has a stack of its own.
         for latency in latencies:
             for shape in shapes:
-                name = f"{shape.pool}-{shape.processes}x{shape.concurrency}+{shape.undo}-{latency}"
-                out = Path(tmp) / f"{name}.json"
-                one = f"{shape.pool}:{shape.processes}x{shape.concurrency}+{shape.undo}@{latency}"
+                one = f"{shape.spec()}@{latency}"
+                out = Path(tmp) / f"{one.replace(':', '-')}.json"
                 say(f"=== partner latency {latency} ms, {shape.label()} ===")
                 code = subprocess.call(
                     [

@@ -17,6 +17,8 @@ import os
 import statistics
 from typing import Any
 
+from bench.stack import Shape
+
 CORES = os.cpu_count() or 1
 RUN = ("worker", "simulator", "redis", "driver")
 
@@ -105,17 +107,16 @@ def configuration(out: dict[str, Any]) -> dict[str, Any]:
 
 
 HEAD = (
-    f"{'partner':>8} {'shape':<22} {'win':>4} {'chain/s':>8} {'saga/s':>7} {'ratio':>6} "
+    f"{'partner':>8} {'shape':<38} {'win':>4} {'chain/s':>8} {'saga/s':>7} {'ratio':>6} "
     f"{'rounds':<16} {'p99 chain':>9} {'p99 saga':>8} {'p99 x':>5} {'cpu ms c/s':>11} "
     f"{'run ms c/s':>11} {'wrk cores':>9} {'busy':>5} {'queued':>6} {'in flight':>9} {'cal':>4}"
     "  saturates"
 )
 
 
-def shape_label(shape: dict[str, Any]) -> str:
-    """`3 x threads -c 64` (each process on every queue), `+16u`: one -c 16 undo worker too."""
-    label = f"{shape['processes']} x {shape['pool']} -c {shape['concurrency']}"
-    return f"{label} +{shape['undo']}u" if shape.get("undo") else label
+def shape_label(shape: dict[str, Any], code: str = "") -> str:
+    """A configuration's workers (its JSON's `shape`), as `Shape.label` says them."""
+    return Shape(**shape).label(code)
 
 
 def row(c: dict[str, Any]) -> str:
@@ -123,11 +124,11 @@ def row(c: dict[str, Any]) -> str:
     label = shape_label(shape)
     latency = f"{c['latency_ms']}+-{c['jitter_ms']}"
     if "error" in s:
-        return f"{latency:>8} {label:<22} {c['window']:>4} ERROR {s['error']}"
+        return f"{latency:>8} {label:<38} {c['window']:>4} ERROR {s['error']}"
     rounds = ",".join(f"{x:.2f}" for x in s["saga_over_chain"])
     verdicts = sorted(set(s["saturates"]), key=s["saturates"].count, reverse=True)
     return (
-        f"{latency:>8} {label:<22} {c['window']:>4} {s['chain_per_s']:>8.1f} "
+        f"{latency:>8} {label:<38} {c['window']:>4} {s['chain_per_s']:>8.1f} "
         f"{s['saga_per_s']:>7.1f} {s['saga_over_chain_median']:>6.2f} {rounds:<16} "
         f"{s['chain_p99_ms']:>9.0f} {s['saga_p99_ms']:>8.0f} {s['p99_ratio_median']:>5.2f} "
         f"{s['worker_cpu_ms_chain']:>5.1f}/{s['worker_cpu_ms_saga']:<5.1f} "
@@ -187,8 +188,7 @@ def markdown(configurations: list[dict[str, Any]]) -> str:
         rows = [c for c in configurations if c["latency_ms"] == latency]
         out += [f"**Partners at {latency} ms +- {rows[0]['jitter_ms']} ms**:", "", MARKDOWN_HEAD]
         for c in rows:
-            s, label = c["summary"], shape_label(c["shape"]).replace(" x ", " x `-P ", 1)
-            label = f"{label}`".replace(" +", "` + `-c ").replace("u`", "` undo")
+            s, label = c["summary"], shape_label(c["shape"], code="`")
             if "error" in s:
                 out.append(f"| {label} | {c['window']} | error: {s['error']} |")
                 continue

@@ -74,9 +74,14 @@ class Shape:
         """Slots for booking steps (the undo worker's are for rollbacks only)."""
         return self.processes * self.concurrency
 
-    def label(self) -> str:
-        booking = f"{self.processes} x -P {self.pool} -c {self.concurrency}"
-        return f"{booking} + 1 x -c {self.undo} undo" if self.undo else booking
+    def spec(self) -> str:
+        """The text `parse` reads back."""
+        return f"{self.pool}:{self.processes}x{self.concurrency}+{self.undo}"
+
+    def label(self, code: str = "") -> str:
+        """`3 x -P threads -c 64 + 1 x -c 16 undo`; `code="`"` quotes the options (markdown)."""
+        booking = f"{self.processes} x {code}-P {self.pool} -c {self.concurrency}{code}"
+        return f"{booking} + 1 x {code}-c {self.undo}{code} undo" if self.undo else booking
 
 
 @contextlib.contextmanager

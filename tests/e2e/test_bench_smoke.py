@@ -116,6 +116,6 @@ def test_capacity_reports_each_configuration(tmp_path: Path):
         assert summary["worker_cpu_ms_saga"] > 0 and summary["saturates"]
         assert all(s["errors"] == [] for ss in c["sections"].values() for s in ss)
     # The quick threads shape is the README's production layout: booking and undo apart.
-    assert "saturates" in done.stdout and "threads -c 8 +2u" in done.stdout
+    assert "saturates" in done.stdout and "-P threads -c 8 + 1 x -c 2 undo" in done.stdout
     assert [c["shape"]["undo"] for c in configurations if c["shape"]["pool"] == "threads"] == [2, 2]
-    assert "| 1 x `-P threads -c 8` + `-c 2` undo |" in tables.read_text()
+    assert "| 1 x `-P threads -c 8` + 1 x `-c 2` undo |" in tables.read_text()
