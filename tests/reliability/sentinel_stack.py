@@ -269,11 +269,13 @@ class SentinelStack:
     def failover(self) -> tuple[int, int]:
         """SENTINEL FAILOVER: promote the replica now; (old, new) master ports, once the old
         master is a replica of the new one (until then it still takes writes: a client's
-        connection made before the promotion would write where nobody reads)."""
+        connection made before the promotion would write where nobody reads) and linked to it
+        (until then the new master has no replica, and nothing waits for one)."""
         old = self.wait_settled()
         self.sentinels[0].client().execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
         new = self.wait_promoted(old)
         local_stack._wait(lambda: self._is_replica(old), 60, f"{old} to become a replica")
+        self.wait_settled()
         return old, new
 
     def _is_replica(self, port: int) -> bool:
