@@ -13,9 +13,23 @@ indexes, narrow them: `?reference_id=` / `?flight_id=` (flight tickets), `?payme
 Controls under `/_sim` (never logged, delayed or faulted):
 - `GET /_sim/health`, `GET /_sim/calls?since=&path_prefix=`, `POST /_sim/reset`.
 - `GET|PUT /_sim/flights/{flight_id}`, `GET|PUT /_sim/shows/{event_id}` `{"seats": N}`.
-- `POST|GET|DELETE /_sim/faults`, `GET|PUT /_sim/latency` `{"delay_ms": N, "jitter_ms": J}`:
-  every partner call waits `delay_ms` plus a uniform draw in [-J, +J] ms (never below 0, so
-  the mean stays `delay_ms` while J <= N), as real partners answer in a spread, not a constant.
+- `POST|GET|DELETE /_sim/faults`: `{"path_prefix": "/payments-api", "status": 503,
+  "times": 3, "delay_ms": 0, "rate": null, "seed": 0, "methods": null, "retry_after": 2}`.
+  The next `times` matching calls (or each with probability `rate`) are delayed, then, with a
+  `status` (429 is one like any other), answered `{"error": "injected fault"}`, not processed
+  and not cached. `retry_after` (seconds >= 0) adds `Retry-After`, as delta-seconds (a fraction
+  is sent as given: a lenient client's case); our extra `"retry_after_http_date": true` sends
+  the HTTP-date that many seconds ahead instead, so clients can be tried on both forms.
+- `GET|PUT|DELETE /_sim/quota` `{"path_prefix": "/transportation-api", "per_second": 10}`:
+  past that many calls under the prefix in any sliding second (calls it refuses do not
+  count; see `backpressure.py`), answer `429` with `Retry-After: 1`, not processed and not
+  cached, before any fault rule is consulted. `0` lifts a prefix's quota, DELETE lifts all;
+  GET lists them.
+- The call log records each call's `status`, `fault`, `throttled` (refused by a quota) and
+  `retry_after` (the seconds sent in `Retry-After`, whichever form, or null).
+- `GET|PUT /_sim/latency` `{"delay_ms": N, "jitter_ms": J}`: every partner call waits
+  `delay_ms` plus a uniform draw in [-J, +J] ms (never below 0, so the mean stays `delay_ms`
+  while J <= N), as real partners answer in a spread, not a constant.
 - Read-only views that leave the call log alone: `GET /_sim/flight-tickets`, `/_sim/refunds`,
   `/_sim/receipts` (same filters as the partner lists).
 - Drift, to change partner records behind the product's back (what `vip-bundles audit` finds):
@@ -30,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -41,6 +54,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from partner_simulator.backpressure import QUOTA_RETRY_AFTER_S
 from partner_simulator.state import (
     DEFAULT_MAX_CALLS,
     DEFAULT_SEATS,
@@ -50,12 +64,14 @@ from partner_simulator.state import (
     FlightBookingIn,
     LatencyIn,
     Model,
+    QuotaIn,
     RefundIn,
     SeatsIn,
     ShowBookingIn,
     SimulatorState,
     VoidReceiptIn,
     error_answer,
+    throttled_answer,
 )
 
 SIM_PREFIX = "/_sim"
@@ -132,16 +148,22 @@ def _partner(state: SimulatorState, effect: Effect) -> Endpoint:
         raw = await request.body()
         method: str = request.scope["method"]
         path: str = request.scope["path"]
+        # A quota is the partner's edge: counted on arrival, and a call it refuses takes
+        # nothing from a fault rule's budget. It still waits the partner's latency.
+        refusal = state.quotas.refusal(path, time.monotonic()) if state.quotas else None
         # Budget is taken before sleeping so concurrent requests cannot overspend a rule.
-        rule = state.take_fault(method, path)
+        rule = state.take_fault(method, path) if refusal is None else None
         delay_ms = state.latency_draw_ms() + (rule.delay_ms if rule is not None else 0)
         if delay_ms:
             await asyncio.sleep(delay_ms / 1000)
         # No await from here on: the check-and-update below is atomic on the event loop.
         body = _parse_json(raw)
         fault_status = rule.status if rule is not None else None
-        if fault_status:
-            answer = error_answer(fault_status, "injected fault")  # no effect, not cached
+        retry_after: float | None = None
+        if refusal is not None:  # not processed, not cached
+            answer, retry_after = throttled_answer(refusal), QUOTA_RETRY_AFTER_S
+        elif rule is not None and fault_status:  # not processed, not cached
+            answer, retry_after = rule.answer(), rule.retry_after
         else:
             answer = effect(state, request, body)
         state.record_call(
@@ -153,6 +175,8 @@ def _partner(state: SimulatorState, effect: Effect) -> Endpoint:
             status=answer.status,
             delay_ms=round(delay_ms, 1),
             fault=bool(fault_status),
+            throttled=refusal is not None,
+            retry_after=retry_after,
         )
         return answer.response()
 
@@ -246,18 +270,7 @@ def _sim_routes(state: SimulatorState) -> list[Route]:
         parsed = _validate(FaultIn, _parse_json(await request.body()))
         if isinstance(parsed, Answer):
             return _bad_request(parsed)
-        times = parsed.times
-        if times is None and parsed.rate is None:
-            times = 1
-        rule = FaultRule(
-            path_prefix=parsed.path_prefix,
-            status=parsed.status or None,
-            times=times,
-            delay_ms=parsed.delay_ms,
-            rate=parsed.rate,
-            methods=frozenset(m.upper() for m in parsed.methods) if parsed.methods else None,
-            rng=random.Random(parsed.seed),
-        )
+        rule = FaultRule.from_input(parsed)
         state.faults.append(rule)
         return _json(rule.describe(), 201)
 
@@ -266,6 +279,19 @@ def _sim_routes(state: SimulatorState) -> list[Route]:
 
     async def clear_faults(request: Request) -> Response:
         state.faults.clear()
+        return Response(status_code=204)
+
+    async def list_quotas(request: Request) -> Response:
+        return _json({"quotas": state.quotas.describe()})
+
+    async def put_quota(request: Request) -> Response:
+        parsed = _validate(QuotaIn, _parse_json(await request.body()))
+        if isinstance(parsed, Answer):
+            return _bad_request(parsed)
+        return _json(state.quotas.set(parsed.path_prefix, parsed.per_second))
+
+    async def clear_quotas(request: Request) -> Response:
+        state.quotas.clear()
         return Response(status_code=204)
 
     async def reset(request: Request) -> Response:
@@ -327,6 +353,9 @@ def _sim_routes(state: SimulatorState) -> list[Route]:
         Route(f"{p}/faults", add_fault, methods=["POST"]),
         Route(f"{p}/faults", list_faults, methods=["GET"]),
         Route(f"{p}/faults", clear_faults, methods=["DELETE"]),
+        Route(f"{p}/quota", list_quotas, methods=["GET"]),
+        Route(f"{p}/quota", put_quota, methods=["PUT"]),
+        Route(f"{p}/quota", clear_quotas, methods=["DELETE"]),
         Route(f"{p}/reset", reset, methods=["POST"]),
         Route(f"{p}/latency", get_latency, methods=["GET"]),
         Route(f"{p}/latency", put_latency, methods=["PUT"]),

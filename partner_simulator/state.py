@@ -1,5 +1,5 @@
 """The simulator's partners' books: request bodies, seats, tickets, refunds, receipts, fault
-rules and the call log, all in one `SimulatorState` (the HTTP side is `app.py`).
+rules, quotas and the call log, all in one `SimulatorState` (the HTTP side is `app.py`).
 
 Its methods never await: each request's check-and-update runs in one go on the event loop, so
 two requests racing for the last seats can never both get them, and a replayed idempotency key
@@ -15,8 +15,16 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from starlette.responses import JSONResponse, Response
+
+from partner_simulator.backpressure import (
+    QUOTA_RETRY_AFTER_S,
+    Quota,
+    Quotas,
+    retry_after_header,
+    whole_if_integral,
+)
 
 DEFAULT_SEATS = 1_000_000
 DEFAULT_MAX_CALLS = 200_000
@@ -77,6 +85,31 @@ class FaultIn(_Body):
     rate: float | None = Field(default=None, ge=0.0, le=1.0)
     seed: int = 0
     methods: list[str] | None = None
+    # Capped so that now + retry_after is still a date `formatdate` can write.
+    retry_after: float | None = Field(default=None, ge=0, le=1e9, allow_inf_nan=False)
+    retry_after_http_date: bool = False
+
+    # Fields validate in order, so `info.data` holds the fields above; an error raised here is
+    # reported under this field's name, as the controls' 400s promise.
+    @field_validator("retry_after")
+    @classmethod
+    def _retry_after_needs_status(cls, value: float | None, info: ValidationInfo) -> float | None:
+        # A Retry-After on an answer the call was processed for would tell clients a lie.
+        if value is not None and not info.data.get("status"):
+            raise ValueError("retry_after needs a status")
+        return value
+
+    @field_validator("retry_after_http_date")
+    @classmethod
+    def _http_date_needs_retry_after(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("retry_after") is None:
+            raise ValueError("retry_after_http_date needs retry_after")
+        return value
+
+
+class QuotaIn(_Body):
+    path_prefix: NonEmptyStr
+    per_second: int = Field(ge=0)
 
 
 Model = TypeVar("Model", bound=_Body)
@@ -91,11 +124,13 @@ class Answer:
 
     status: int
     body: Any = None  # None -> empty body (204)
+    headers: tuple[tuple[str, str], ...] = ()
 
     def response(self) -> Response:
+        headers = dict(self.headers) if self.headers else None
         if self.body is None:
-            return Response(status_code=self.status)
-        return JSONResponse(self.body, status_code=self.status)
+            return Response(status_code=self.status, headers=headers)
+        return JSONResponse(self.body, status_code=self.status, headers=headers)
 
 
 def error_answer(status: int, message: str, field_name: str | None = None) -> Answer:
@@ -103,6 +138,12 @@ def error_answer(status: int, message: str, field_name: str | None = None) -> An
     if field_name is not None:
         body["field"] = field_name
     return Answer(status, body)
+
+
+def throttled_answer(quota: Quota) -> Answer:
+    """A call over `quota`: refused before it is processed, as the contract's 429 says."""
+    message = f"over {quota.per_second} calls a second under {quota.path_prefix}"
+    return Answer(429, {"error": message}, (("Retry-After", str(QUOTA_RETRY_AFTER_S)),))
 
 
 @dataclass
@@ -114,6 +155,35 @@ class FaultRule:
     rate: float | None
     methods: frozenset[str] | None
     rng: random.Random
+    retry_after: float | int | None = None  # seconds; sent as `Retry-After` with `status`
+    retry_after_http_date: bool = False
+
+    @classmethod
+    def from_input(cls, req: FaultIn) -> FaultRule:
+        times = req.times
+        if times is None and req.rate is None:
+            times = 1
+        return cls(
+            path_prefix=req.path_prefix,
+            status=req.status or None,
+            times=times,
+            delay_ms=req.delay_ms,
+            rate=req.rate,
+            methods=frozenset(m.upper() for m in req.methods) if req.methods else None,
+            rng=random.Random(req.seed),
+            retry_after=None if req.retry_after is None else whole_if_integral(req.retry_after),
+            retry_after_http_date=req.retry_after_http_date,
+        )
+
+    def answer(self) -> Answer:
+        """The injected failure (for a rule with a status): no effect, never cached."""
+        if self.status is None:
+            raise ValueError("a delay-only rule answers normally")
+        answer = error_answer(self.status, "injected fault")
+        if self.retry_after is None:
+            return answer
+        header = retry_after_header(self.retry_after, self.retry_after_http_date)
+        return Answer(answer.status, answer.body, (("Retry-After", header),))
 
     def fires(self, method: str, path: str) -> bool:
         if not path.startswith(self.path_prefix):
@@ -136,6 +206,8 @@ class FaultRule:
             "delay_ms": self.delay_ms,
             "rate": self.rate,
             "methods": sorted(self.methods) if self.methods is not None else None,
+            "retry_after": self.retry_after,
+            "retry_after_http_date": self.retry_after_http_date,
         }
 
 
@@ -161,6 +233,7 @@ class SimulatorState:
     # First answer per (path, idempotency key).
     answers: dict[tuple[str, str], Answer] = field(default_factory=dict)
     faults: list[FaultRule] = field(default_factory=list)
+    quotas: Quotas = field(default_factory=Quotas)
     calls: deque[dict[str, Any]] = field(default_factory=deque)
     # Survives reset so that a poller's `since` cursor stays valid.
     seq: int = 0
