@@ -265,8 +265,14 @@ class SimulatorClient:
         rate: float | None = None,
         methods: list[str] | None = None,
         seed: int = 0,
+        retry_after: float | None = None,
+        retry_after_http_date: bool = False,
     ) -> dict[str, Any]:
-        """Add a fault rule. `times=None` means once, or unlimited when `rate` is given."""
+        """Add a fault rule. `times=None` means once, or unlimited when `rate` is given.
+
+        `retry_after` (seconds) adds `Retry-After` to the failure, as delta-seconds or, with
+        `retry_after_http_date`, as an HTTP-date.
+        """
         body: dict[str, Any] = {"path_prefix": path_prefix, "status": status, "delay_ms": delay_ms}
         body["seed"] = seed
         if times is not None:
@@ -275,11 +281,39 @@ class SimulatorClient:
             body["rate"] = rate
         if methods is not None:
             body["methods"] = methods
+        if retry_after is not None:
+            body["retry_after"] = retry_after
+        if retry_after_http_date:
+            body["retry_after_http_date"] = True
         rule: dict[str, Any] = self._send("POST", "/_sim/faults", body)
         return rule
 
+    add_fault = fault  # the name the /_sim/faults control suggests; both are kept
+
+    def faults(self) -> list[dict[str, Any]]:
+        faults: list[dict[str, Any]] = self._get("/_sim/faults")["faults"]
+        return faults
+
     def clear_faults(self) -> None:
         self._send("DELETE", "/_sim/faults")
+
+    def set_quota(self, path_prefix: str, per_second: int) -> dict[str, Any]:
+        """Past `per_second` calls under the prefix in a sliding second, answer 429 +
+        `Retry-After: 1`; 0 lifts the prefix's quota."""
+        body = {"path_prefix": path_prefix, "per_second": per_second}
+        quota: dict[str, Any] = self._send("PUT", "/_sim/quota", body)
+        return quota
+
+    def clear_quota(self, path_prefix: str | None = None) -> None:
+        """Lift one prefix's quota, or every quota when no prefix is given."""
+        if path_prefix is None:
+            self._send("DELETE", "/_sim/quota")
+        else:
+            self.set_quota(path_prefix, 0)
+
+    def quotas(self) -> list[dict[str, Any]]:
+        quotas: list[dict[str, Any]] = self._get("/_sim/quota")["quotas"]
+        return quotas
 
     def set_latency(self, delay_ms: int, jitter_ms: int = 0) -> None:
         """Every partner call waits delay_ms +- a uniform jitter (at least 0)."""
