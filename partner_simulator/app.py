@@ -19,12 +19,13 @@ Controls under `/_sim` (never logged, delayed or faulted):
   `status` (429 is one like any other), answered `{"error": "injected fault"}`, not processed
   and not cached. `retry_after` (seconds >= 0) adds `Retry-After`, as delta-seconds (a fraction
   is sent as given: a lenient client's case); our extra `"retry_after_http_date": true` sends
-  the HTTP-date that many seconds ahead instead, so clients can be tried on both forms.
+  the HTTP-date that many seconds ahead instead, so clients can be tried on both forms. Both
+  need a `status`: a Retry-After on a processed call would lie.
 - `GET|PUT|DELETE /_sim/quota` `{"path_prefix": "/transportation-api", "per_second": 10}`:
   past that many calls under the prefix in any sliding second (calls it refuses do not
   count; see `backpressure.py`), answer `429` with `Retry-After: 1`, not processed and not
-  cached, before any fault rule is consulted. `0` lifts a prefix's quota, DELETE lifts all;
-  GET lists them.
+  cached, before any fault rule is consulted (its 429 waits the global latency only). `0`
+  lifts a prefix's quota, DELETE lifts all; GET lists them.
 - The call log records each call's `status`, `fault`, `throttled` (refused by a quota) and
   `retry_after` (the seconds sent in `Retry-After`, whichever form, or null).
 - `GET|PUT /_sim/latency` `{"delay_ms": N, "jitter_ms": J}`: every partner call waits
