@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 
 FLUSH_EVERY_S = 5.0
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-OUTCOMES = ("ok", "refused", "transient", "gave_up")
+# throttled: answered 429 (not processed); deferred: not made, the fleet's partner gate said
+# "not yet" (Retry-After, open circuit, quota): the step waits as a scheduled message.
+OUTCOMES = ("ok", "refused", "transient", "gave_up", "throttled", "deferred")
 PARTNER_OF_PATH = {
     "dead-nation-api": "shows",
     "transportation-api": "flights",
@@ -84,6 +86,13 @@ class Meter:
     # --- observations (the hot path: a lock and a few dict additions) ---
     def partner_call(self, partner: str, outcome: str) -> None:
         self._add((f"partner_calls|{partner}|{outcome}", 1))
+
+    def partner_wait(self, partner: str, reason: str, seconds: float) -> None:
+        """A step deferred because its partner was not due (`reason`: retry_after, open,
+        half_open, quota), for `seconds`."""
+        self._add(
+            (f"partner_waits|{partner}|{reason}", 1), (f"partner_wait_sum|{partner}", seconds)
+        )
 
     def step(self, step: str, seconds: float) -> None:
         le = next((b for b in STEP_BUCKETS if seconds <= b), "+Inf")
@@ -204,7 +213,8 @@ class RedisCollector:
     def _partner_calls(sums: dict[str, float]) -> Iterable[Metric]:
         calls = CounterMetricFamily(
             "vip_bundles_partner_calls",
-            "Partner HTTP calls by outcome (transient: one failed try; gave_up: all tries failed)",
+            "Partner HTTP calls by outcome (transient: one failed try; gave_up: all tries failed; "
+            "throttled: answered 429; deferred: not made, the partner was not due)",
             labels=["partner", "outcome"],
         )
         partners = sorted(

@@ -1,60 +1,41 @@
-"""HTTP clients for the four partners (shared/partners-api.md), with one retry policy.
+"""HTTP clients for the four partners (shared/partners-api.md): their requests and answers.
 
-Transient faults (5xx, timeouts, connection errors) are retried in-process with tenacity:
-capped exponential backoff with jitter, the same idempotency key on every try. A 4xx is never
-retried; a 409 is a business refusal with its own error type.
-
-Every call has a total deadline across its tries: no try starts, and no wait begins, that would
-end past it, and each try's timeouts are cut to the time left. So a partner that hangs ends a
-step within `deadline_s` by the client alone: Celery's `task_time_limit` is not enforced on a
-`-P threads` (or gevent) pool, and must not be what bounds a step.
+How a call is made (the fleet's partner gate, retries, deadline, `Retry-After`) is one policy,
+`adapters/partner_policy.py`, wrapped around every request here; this module only knows what
+each partner is sent and what its answers mean. A 409 is a business refusal with its own type.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, Field, ValidationError
-from tenacity import (
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_before_delay,
-    wait_exponential_jitter,
-)
 
 from adapters.metrics import METER, Meter, partner_of
+from adapters.partner_errors import (
+    BusinessRefusal,
+    NoFlightTicketsAvailable,
+    PartnerBusy,
+    PartnerError,
+    PartnerProtocolError,
+    PartnerUnavailable,
+    ShowSoldOut,
+)
+from adapters.partner_gate import PartnerGate
+from adapters.partner_policy import CallPolicy, RetryAfterPolicy
 
-
-class PartnerError(Exception):
-    """Anything a partner call can end in besides success."""
-
-
-class BusinessRefusal(PartnerError):
-    """The partner said no for a business reason (409): retrying cannot help."""
-
-
-class ShowSoldOut(BusinessRefusal):
-    pass
-
-
-class NoFlightTicketsAvailable(BusinessRefusal):
-    pass
-
-
-class PartnerUnavailable(PartnerError):
-    """5xx, timeouts or connection errors on every try: the outcome of the call is unknown."""
-
-
-class PartnerProtocolError(PartnerError):
-    """An answer outside the contract (an unexpected status or body): not retried."""
-
-
-class _Transient(Exception):
-    pass
+__all__ = [  # the error family, re-exported: callers catch what a partner call ends in here
+    "BusinessRefusal",
+    "NoFlightTicketsAvailable",
+    "PartnerBusy",
+    "PartnerError",
+    "PartnerProtocolError",
+    "PartnerUnavailable",
+    "Partners",
+    "ShowSoldOut",
+]
 
 
 class ShowBooking(BaseModel):
@@ -103,6 +84,9 @@ class Partners:
         transport: httpx.BaseTransport | None = None,
         meter: Meter = METER,
         deadline_s: float | None = None,
+        gate: PartnerGate | None = None,
+        undo: bool = False,
+        retry_after: RetryAfterPolicy | None = None,
     ) -> None:
         self.meter = meter  # where partner outcomes are counted (the process's own by default)
         self._options: dict[str, Any] = {
@@ -118,11 +102,22 @@ class Partners:
         self._local = threading.local()
         self._clients: list[httpx.Client] = []
         self._clients_lock = threading.Lock()
-        self.timeout_s = timeout_s
-        self.attempts = attempts
-        self.max_wait_s = max_wait_s
-        # Total time one call may take over all its tries; default: every try its full timeout.
-        self.deadline_s = deadline_s or attempts * (timeout_s + max_wait_s)
+        self.policy = CallPolicy(
+            timeout_s=timeout_s,
+            attempts=attempts,
+            max_wait_s=max_wait_s,
+            deadline_s=deadline_s,
+            gate=gate,
+            undo=undo,
+            retry_after=retry_after or RetryAfterPolicy(),
+            meter=meter,
+        )
+
+    @property
+    def deadline_s(self) -> float:
+        """Total time one call may take over all its tries."""
+        assert self.policy.deadline_s is not None
+        return self.policy.deadline_s
 
     @property
     def http(self) -> httpx.Client:
@@ -298,47 +293,15 @@ class Partners:
             headers["Idempotency-Key"] = key
         if correlation_id is not None:
             headers["Correlation-ID"] = correlation_id
-        started = time.monotonic()
-        deadline = started + self.deadline_s
-        retrying = Retrying(
-            # Out of tries, or the next wait would end past the deadline.
-            stop=stop_after_attempt(self.attempts) | stop_before_delay(self.deadline_s),
-            # 50 ms, 100 ms, 200 ms ... capped, plus up to 100 ms of jitter so that callers
-            # failing together do not retry together.
-            wait=wait_exponential_jitter(multiplier=0.05, jitter=0.1, max=self.max_wait_s),
-            retry=retry_if_exception_type((_Transient, httpx.TransportError)),
-            reraise=True,
-        )
-        partner = partner_of(path)
-        try:
-            for attempt in retrying:
-                with attempt:
-                    try:
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            raise httpx.TimeoutException(f"deadline of {self.deadline_s} s passed")
-                        response = self.http.request(
-                            method,
-                            path,
-                            json=body,
-                            headers=headers,
-                            params=params,
-                            timeout=min(self.timeout_s, left),
-                        )
-                        if response.status_code >= 500:
-                            raise _Transient(f"{method} {path}: {response.status_code}")
-                    except (_Transient, httpx.TransportError):
-                        self.meter.partner_call(partner, "transient")  # one failed try
-                        raise
-        except (_Transient, httpx.TransportError) as exc:
-            self.meter.partner_call(partner, "gave_up")
-            tries = retrying.statistics.get("attempt_number", self.attempts)
-            raise PartnerUnavailable(
-                f"{method} {path}: failed {tries} times in {time.monotonic() - started:.1f} s "
-                f"(deadline {self.deadline_s:g} s), last: {exc!r}"
-            ) from None
+
+        def try_once(timeout: float) -> httpx.Response:
+            return self.http.request(
+                method, path, json=body, headers=headers, params=params, timeout=timeout
+            )
+
+        response = self.policy.call(method, path, try_once)
         status = response.status_code
-        self.meter.partner_call(partner, "ok" if status in ok else "refused")
+        self.meter.partner_call(partner_of(path), "ok" if status in ok else "refused")
         if status == 409 and on_409 is not None:
             raise on_409
         if status not in ok:

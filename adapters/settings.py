@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from adapters.partner_gate import parse_rate_limits
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
@@ -59,9 +61,27 @@ class Settings(BaseSettings):
     http_call_deadline_s: float = Field(default=15.0, gt=0)
     compensation_call_deadline_s: float = Field(default=60.0, gt=0)
 
-    # Forward steps that keep failing for technical reasons are re-dispatched by the
-    # reconciler; after this many failed attempts the saga gives up and rolls back.
+    # A forward step gives up (and the bundle rolls back, saying so) only when the bundle is
+    # this old and still not booked: time spent waiting on a partner (its Retry-After, an
+    # outage, the quota) counts, the waits burn no attempt. 15 minutes rides out a partner's
+    # outage of several minutes and a long Retry-After, and still answers a customer while the
+    # prices and seats they were shown hold.
+    booking_deadline_s: float = Field(default=900.0, gt=0)
+    # A step whose worker died mid-task this many times over (2 x, the start count in Redis)
+    # is given up at once: a poison message must not loop until the deadline.
     max_step_attempts: int = Field(default=5, ge=1)
+
+    # Back-pressure (shared/partners-api.md): the fleet's quota per partner,
+    # `<prefix>=<calls per second>[,...]` (e.g. `transportation-api=10,payments-api=50`);
+    # the circuit breaker (opens after this many transient failures in a row, fleet-wide;
+    # then one probe per interval, doubling up to the cap); and what a missing or malformed
+    # Retry-After means, and the most any is believed.
+    partner_rate_limits: str | None = None
+    partner_breaker_failures: int = Field(default=5, ge=1)
+    partner_breaker_open_s: float = Field(default=1.0, gt=0)
+    partner_breaker_max_open_s: float = Field(default=10.0, gt=0)
+    retry_after_default_s: float = Field(default=1.0, gt=0)
+    retry_after_max_s: float = Field(default=300.0, gt=0)
     # The reconciler (celery beat) resumes a bundle with no transition for this long.
     stale_after_s: float = 120.0
     reconcile_every_s: float = 30.0
@@ -101,6 +121,16 @@ class Settings(BaseSettings):
     flower_url: str = "http://127.0.0.1:5555"
     # How often the console refreshes its numbers (from /dashboard.json).
     console_refresh_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("partner_rate_limits")
+    @classmethod
+    def _rate_limits_are_known_partners(cls, value: str | None) -> str | None:
+        parse_rate_limits(value)  # a malformed entry or unknown prefix is refused, named
+        return value
+
+    @property
+    def rate_limits(self) -> dict[str, float]:
+        return parse_rate_limits(self.partner_rate_limits)
 
     @field_validator("redis_sentinels")
     @classmethod

@@ -233,6 +233,14 @@ class BundleStore(BundleRetention, BundleQueries):
         assert bundle is not None
         return bundle, [bundle.starts[field.removeprefix(STARTS)] for field in fields]
 
+    def forget_starts(self, bundle_id: str, start_keys: Sequence[str]) -> None:
+        """Take back one start of each step: it was turned away before reaching its partner
+        (a wait burns no attempt, shared/partners-api.md "Back-pressure")."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key in start_keys:
+            pipe.hincrby(self._bundle_key(bundle_id), f"{STARTS}{key}", -1)
+        pipe.execute()
+
     def audit_cursor(self) -> float | None:
         """The settle time up to which the periodic audit has looked (None: never ran)."""
         value = self.redis.get(self.audit_cursor_key)

@@ -60,6 +60,8 @@ from process_manager.saga_events import (  # noqa: F401  (re-exported: callers w
     initialized,
     never_finished,
     new_event,
+    out_of_time,
+    past_deadline,
     resumed,
     rollback_resumed,
     start_key,

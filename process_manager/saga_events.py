@@ -7,6 +7,7 @@ raise them are in `process_manager/saga.py`, how they change a bundle in `transi
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from process_manager.audit import Finding
@@ -112,11 +113,14 @@ def flight_booking_failed(bundle: Bundle, leg: Leg, reason: str, in_doubt: bool 
     )
 
 
-def step_failed(bundle: Bundle, step: Command, reason: str, max_attempts: int) -> Event:
-    """A forward step failed for a technical reason: note it, or give up and roll back."""
+def step_failed(bundle: Bundle, step: Command, reason: str, out_of_time: bool) -> Event:
+    """A forward step failed for a technical reason: note it (it is tried again), or, once the
+    bundle's booking deadline has passed (`out_of_time`), give up and roll back."""
     attempt = bundle.step_failures + 1
-    if attempt >= max_attempts:
-        given_up = _give_up(bundle, step, f"gave up after {attempt} attempts: {reason}")
+    if out_of_time:
+        given_up = _give_up(
+            bundle, step, f"booking deadline passed after {attempt} attempts: {reason}"
+        )
         if given_up is not None:
             return given_up
         # Finalizing touches no partner: keep noting it, the reconciler keeps trying.
@@ -137,6 +141,18 @@ def _give_up(bundle: Bundle, step: Command, reason: str) -> Event | None:
         case BookFlight(leg=leg):
             return flight_booking_failed(bundle, leg, reason, in_doubt=True)
     return None
+
+
+def past_deadline(bundle: Bundle, deadline_s: float, now: datetime) -> bool:
+    """Has the bundle been booking for longer than `deadline_s` (waits on partners included)?"""
+    return (now - bundle.created_at).total_seconds() > deadline_s
+
+
+def out_of_time(bundle: Bundle, step: Command, deadline_s: float, waiting_on: str) -> Event | None:
+    """The booking deadline passed before `step` could be done: give up and roll back (the
+    step may have reached its partner on an earlier try: in doubt, so it is resolved)."""
+    reason = f"booking deadline of {deadline_s:g} s passed, the step still waiting on {waiting_on}"
+    return _give_up(bundle, step, reason)
 
 
 def step_name(command: Command) -> str:

@@ -12,6 +12,7 @@ from tasks import (  # noqa: F401  (register)
     flights,
     intake,
     reconcile,
+    releaser,
     saga,
     shows,
 )

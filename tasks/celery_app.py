@@ -26,7 +26,10 @@ from celery.signals import (
 from redis import Redis
 
 from adapters import redis_connection
+from adapters.deferred import DeferredSteps
 from adapters.metrics import METER
+from adapters.partner_gate import BreakerPolicy, PartnerGate
+from adapters.partner_policy import RetryAfterPolicy
 from adapters.partners import Partners
 from adapters.settings import get_settings
 from adapters.store import BundleStore
@@ -51,29 +54,48 @@ def store() -> BundleStore:
 
 
 @cache
-def partners() -> Partners:
-    """For forward steps: a few quick retries, then the step fails and the saga decides."""
+def partner_gate() -> PartnerGate:
+    """The fleet's view of each partner (Retry-After, circuit, quota), shared through Redis."""
+    s = get_settings()
+    breaker = BreakerPolicy(
+        s.partner_breaker_failures, s.partner_breaker_open_s, s.partner_breaker_max_open_s
+    )
+    return PartnerGate(redis_client(), s.key_prefix, s.rate_limits, breaker)
+
+
+@cache
+def deferred_steps() -> DeferredSteps:
+    """Bundles whose next step waits on a partner (released by every worker's releaser)."""
+    return DeferredSteps(redis_client(), get_settings().key_prefix)
+
+
+def _partners(attempts: int, deadline_s: float, undo: bool) -> Partners:
     s = get_settings()
     return Partners(
         s.gateway_url,
         s.http_timeout_s,
-        s.http_retry_attempts,
+        attempts,
         s.http_retry_max_wait_s,
-        deadline_s=s.http_call_deadline_s,
+        deadline_s=deadline_s,
+        gate=partner_gate(),
+        undo=undo,
+        retry_after=RetryAfterPolicy(s.retry_after_default_s, s.retry_after_max_s),
     )
 
 
 @cache
-def compensation_partners() -> Partners:
-    """For undo steps: more retries, since an undo must get through if it can at all."""
+def partners() -> Partners:
+    """For forward steps: a few quick retries, then the step fails and the saga decides."""
     s = get_settings()
-    return Partners(
-        s.gateway_url,
-        s.http_timeout_s,
-        s.compensation_retry_attempts,
-        s.http_retry_max_wait_s,
-        deadline_s=s.compensation_call_deadline_s,
-    )
+    return _partners(s.http_retry_attempts, s.http_call_deadline_s, undo=False)
+
+
+@cache
+def compensation_partners() -> Partners:
+    """For undo steps: more retries, since an undo must get through if it can at all; they
+    also go first when a partner's quota is scarce."""
+    s = get_settings()
+    return _partners(s.compensation_retry_attempts, s.compensation_call_deadline_s, undo=True)
 
 
 @worker_init.connect
@@ -92,10 +114,21 @@ def io_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=64, thread_name_prefix="vip-bundles-io")
 
 
+_CLIENTS = (
+    redis_client,
+    store,
+    partner_gate,
+    deferred_steps,
+    partners,
+    compensation_partners,
+    io_pool,
+)
+
+
 @worker_process_init.connect
 def _fresh_clients_after_fork(**_: object) -> None:
     # Sockets must not be shared with the parent process across a fork.
-    for getter in (redis_client, store, partners, compensation_partners, io_pool):
+    for getter in _CLIENTS:
         getter.cache_clear()
     _freeze_long_lived_objects()
 
@@ -113,7 +146,7 @@ def _make_clients_once(**_: object) -> None:
     if _made_in_pid != os.getpid():
         with _making:
             if _made_in_pid != os.getpid():
-                for getter in (redis_client, store, partners, compensation_partners, io_pool):
+                for getter in _CLIENTS:
                     getter()
                 _made_in_pid = os.getpid()
 

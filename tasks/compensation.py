@@ -8,7 +8,7 @@ and re-raises, so the failure is visible in Flower. The last undo to finish fail
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from functools import partial
 from typing import TypeVar
@@ -27,15 +27,20 @@ from process_manager.messages import (
     Step,
 )
 from tasks.celery_app import app, compensation_partners, io_pool, store
+from tasks.deferral import deferring
 from tasks.steps import due, due_all, finish_rollback, flight_booking, log, record, show_booking
 
 T = TypeVar("T")
 REASON = "VIP bundle rolled back"
 
 
-def _or_park(command: Command, call: Callable[[], T]) -> T:
+def _or_park(bundle: Bundle, commands: Sequence[Command], call: Callable[[], T]) -> T:
+    """Run an undo's calls: a partner not due defers the undo (it never gives up); a failure
+    past the retries parks the bundle."""
+    command = commands[0]
     try:
-        return call()
+        with deferring(bundle, *commands, undo=True):
+            return call()
     except PartnerError as exc:
         step, reason = type(command).__name__, str(exc)
         log.warning("%s for %s failed, parking the bundle: %s", step, command.vip_bundle_id, reason)
@@ -76,7 +81,7 @@ def refund_tickets(vip_bundle_id: str, ticket_ids: list[str]) -> str:
         for call in calls:
             call.result()
 
-    _or_park(todo[0], undo)
+    _or_park(bundle, todo, undo)
     refunded = [_refunded(c) for c in todo]
     # The last undo also ends the bundle (failed or cancelled), in the same write.
     applied = store().apply(
@@ -129,7 +134,7 @@ def cancel_flight_tickets(vip_bundle_id: str, leg: str) -> str:
             call.result()
         return ticket_ids
 
-    ticket_ids = _or_park(command, undo)
+    ticket_ids = _or_park(bundle, [command], undo)
     applied = record(
         command,
         lambda b: saga.flight_tickets_cancelled(b, command.leg, ticket_ids),
@@ -169,7 +174,7 @@ def resolve_booking(vip_bundle_id: str, step: str) -> str:
             return lambda b: saga.flight_booking_failed(b, leg, refused)
         return lambda b: saga.flight_booked(b, leg, ids)
 
-    outcome = _or_park(command, resend)
+    outcome = _or_park(bundle, [command], resend)
     applied = record(command, outcome, bundle)  # its tickets are handed over to be undone
     finish_rollback(applied.bundle)
     return "resolved"

@@ -6,6 +6,7 @@ from adapters.partners import BusinessRefusal
 from process_manager import saga
 from process_manager.messages import BookFlight, Leg
 from tasks.celery_app import app, partners
+from tasks.deferral import deferring
 from tasks.steps import due, finalizing, flight_booking, record
 
 
@@ -15,7 +16,8 @@ def book_flight(vip_bundle_id: str, leg: str) -> None:
     command = BookFlight(vip_bundle_id=vip_bundle_id, leg=Leg(leg))
     if (bundle := due(command)) is None:
         return
-    ticket_ids = partners().book_flight(**flight_booking(bundle, command.leg))
+    with deferring(bundle, command):
+        ticket_ids = partners().book_flight(**flight_booking(bundle, command.leg))
     # The return leg's transition also finalizes the bundle, in the same write.
     then = [finalizing] if command.leg is Leg.RETURN else []
     record(command, lambda b: saga.flight_booked(b, command.leg, ticket_ids), bundle, then)

@@ -26,7 +26,7 @@ from celery.canvas import Signature
 from adapters.partners import NoFlightTicketsAvailable, ShowSoldOut
 from adapters.settings import get_settings
 from process_manager import saga
-from process_manager.bundle import UNDOING, Bundle, Status
+from process_manager.bundle import UNDOING, Bundle, Status, utcnow
 from process_manager.messages import (
     BookFlight,
     BookShowTickets,
@@ -38,13 +38,15 @@ from process_manager.messages import (
     Leg,
     RefundTicket,
     ResolveBooking,
+    StepFailed,
     parse_event,
 )
 from tasks.celery_app import app, store
 from tasks.compensation import cancel_flight_tickets, refund_tickets, resolve_booking
+from tasks.deferral import retry_later
 from tasks.flights import book_flight
 from tasks.shows import book_show_tickets
-from tasks.steps import due, finalize, finish_rollback, hand_over, log
+from tasks.steps import PARTNER_OF_STEP, due, finalize, finish_rollback, hand_over, log
 
 # --- commands <-> Celery signatures -------------------------------------------------------------
 
@@ -108,9 +110,10 @@ def on_step_failed(request: Any, exc: BaseException, traceback: Any, vip_bundle_
     """Error callback of the forward chain (runs in the worker of the failed task).
 
     A refusal (sold out) fails the step for good and starts the rollback (or, in a bundle
-    cancelled meanwhile, is recorded as "booked nothing"). A technical failure is noted; the
-    reconciler tries the step again until `MAX_STEP_ATTEMPTS`, then gives up. In a bundle
-    cancelled meanwhile it is not recorded: the step stays in doubt and is resolved.
+    cancelled meanwhile, is recorded as "booked nothing"). A technical failure is noted and
+    the step comes back after a backoff (tasks/deferral.py), until the bundle's booking
+    deadline passes: then the saga gives up. In a bundle cancelled meanwhile it is not
+    recorded: the step stays in doubt and is resolved.
     """
     command = command_of(request.task, list(request.args or []))
     if command is None:
@@ -123,12 +126,17 @@ def on_step_failed(request: Any, exc: BaseException, traceback: Any, vip_bundle_
             refusal = lambda b: saga.flight_booking_failed(b, leg, str(exc))  # noqa: E731
             decide = lambda b: refusal(b) if saga.accepts_outcome(b, command) else None  # noqa: E731
         case _:
-            limit = get_settings().max_step_attempts
+            deadline_s = get_settings().booking_deadline_s
             reason = f"{type(exc).__name__}: {exc}"
             decide = lambda b: (  # noqa: E731
-                saga.step_failed(b, command, reason, limit) if saga.is_pending(b, command) else None
+                saga.step_failed(b, command, reason, saga.past_deadline(b, deadline_s, utcnow()))
+                if saga.is_pending(b, command)
+                else None
             )
-    hand_over(store().apply(vip_bundle_id, decide))
+    applied = store().apply(vip_bundle_id, decide)
+    hand_over(applied)
+    if isinstance(applied.event, StepFailed) and (partner := PARTNER_OF_STEP.get(type(command))):
+        retry_later(vip_bundle_id, partner, applied.bundle.step_failures)
 
 
 # --- rollback: the process manager ----------------------------------------------------------------
@@ -209,7 +217,7 @@ def take_up(bundle: Bundle, by: str | None = None) -> Bundle:
         ).bundle
     else:
         st.touch(bundle)  # not again before the next STALE_AFTER_S
-    _send_next(bundle)
+    send_next(bundle)
     return bundle
 
 
@@ -220,7 +228,8 @@ def _resume_parked(bundle: Bundle, by: str | None) -> Event | None:
     return saga.resumed(bundle, by) if by is not None else None
 
 
-def _send_next(bundle: Bundle) -> None:
+def send_next(bundle: Bundle) -> None:
+    """Send what the stored state says comes next: the pending undos, or the rest of the chain."""
     if bundle.status in UNDOING and bundle.status is not Status.COMPENSATION_FAILED:
         run_rollback(bundle)
     elif saga.remaining_steps(bundle):

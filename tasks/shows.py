@@ -6,6 +6,7 @@ from adapters.partners import BusinessRefusal
 from process_manager import saga
 from process_manager.messages import BookShowTickets
 from tasks.celery_app import app, partners
+from tasks.deferral import deferring
 from tasks.steps import due, record, show_booking
 
 
@@ -15,5 +16,6 @@ def book_show_tickets(vip_bundle_id: str) -> None:
     command = BookShowTickets(vip_bundle_id=vip_bundle_id)
     if (bundle := due(command)) is None:
         return
-    ticket_ids = partners().book_show_tickets(**show_booking(bundle))
+    with deferring(bundle, command):
+        ticket_ids = partners().book_show_tickets(**show_booking(bundle))
     record(command, lambda b: saga.booking_made(b, ticket_ids), bundle)

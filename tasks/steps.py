@@ -17,9 +17,11 @@ from adapters.metrics import METER
 from adapters.settings import get_settings
 from adapters.store import Applied, Decide
 from process_manager import saga
-from process_manager.bundle import UNDOING, Bundle, Status
+from process_manager.bundle import UNDOING, Bundle, Status, utcnow
 from process_manager.messages import (
+    BookFlight,
     BookingFailed_v1,
+    BookShowTickets,
     Command,
     Event,
     FinalizeVipBundle,
@@ -63,12 +65,41 @@ def due_all(commands: Sequence[C]) -> tuple[Bundle, list[C]] | None:
         log.info("%s: skipped, bundle %s is not due for it", name, bundle_id)
         return None
     bundle, starts = started
+    if not isinstance(first, saga.UNDO_COMMANDS) and _out_of_time(first, bundle):
+        return None
     limit = 2 * get_settings().max_step_attempts
     if worn := [(c, n) for c, n in zip(commands, starts, strict=True) if c in todo and n > limit]:
         _give_up(*worn[0])  # an undo parks the whole bundle: once is enough
         return None
     log.info("%s %s", name, bundle_id)  # which worker ran which bundle's step
     return bundle, todo
+
+
+# The partner (its path prefix, as PARTNER_RATE_LIMITS names it) each forward step waits on.
+PARTNER_OF_STEP = {
+    BookShowTickets: "dead-nation-api",
+    BookFlight: "transportation-api",
+}
+
+
+def _out_of_time(command: Command, bundle: Bundle) -> bool:
+    """Past the bundle's booking deadline a forward step is not tried again: the saga gives up
+    on it (the bundle rolls back, saying so). True when it did."""
+    deadline_s = get_settings().booking_deadline_s
+    partner = PARTNER_OF_STEP.get(type(command))
+    if partner is None or not saga.past_deadline(bundle, deadline_s, utcnow()):
+        return False
+    applied = store().apply(
+        command.vip_bundle_id,
+        lambda b: (
+            saga.out_of_time(b, command, deadline_s, partner)
+            if saga.is_pending(b, command)
+            else None
+        ),
+    )
+    log.warning("%s for %s: booking deadline passed", type(command).__name__, bundle.vip_bundle_id)
+    hand_over(applied)
+    return True
 
 
 def show_booking(bundle: Bundle) -> dict[str, Any]:

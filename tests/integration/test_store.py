@@ -132,7 +132,7 @@ def test_history_only_events_are_not_streamed(store: BundleStore):
     bundle = created(store)
     store.apply(
         bundle.vip_bundle_id,
-        lambda b: saga.step_failed(b, saga.remaining_steps(b)[0], "timeout", max_attempts=5),
+        lambda b: saga.step_failed(b, saga.remaining_steps(b)[0], "timeout", out_of_time=False),
     )
     stored = store.require(bundle.vip_bundle_id)
     assert stored.step_failures == 1

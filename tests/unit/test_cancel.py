@@ -381,7 +381,7 @@ def test_outcomes_of_steps_not_awaited_are_refused():
     # A technical failure of the forward step is not noted while cancelling.
     with pytest.raises(saga.IllegalTransition):
         step = BookFlight(vip_bundle_id=b.vip_bundle_id, leg=Leg.INBOUND)
-        transition.apply(b, saga.step_failed(b, step, "503", max_attempts=10))
+        transition.apply(b, saga.step_failed(b, step, "503", out_of_time=False))
 
 
 def test_a_forward_step_outcome_is_accepted_in_the_forward_path_only_for_the_current_step():

@@ -147,13 +147,13 @@ def test_parked_rollback_resumes_and_keeps_what_was_undone():
     assert transition.apply(b, saga.failed(b)).status is Status.FAILED
 
 
-def test_technical_failures_retry_then_give_up_with_the_leg_in_doubt():
+def test_technical_failures_retry_until_the_deadline_then_give_up_with_the_leg_in_doubt():
     b = booked_until(Status.INBOUND_BOOKED)
     step = BookFlight(vip_bundle_id=b.vip_bundle_id, leg=Leg.RETURN)
-    for _ in range(2):
-        b = transition.apply(b, saga.step_failed(b, step, "timeout", max_attempts=3))
+    for _ in range(5):  # by count, never: a step is tried again until the deadline
+        b = transition.apply(b, saga.step_failed(b, step, "timeout", out_of_time=False))
         assert b.status is Status.INBOUND_BOOKED
-    b = transition.apply(b, saga.step_failed(b, step, "timeout", max_attempts=3))
+    b = transition.apply(b, saga.step_failed(b, step, "timeout", out_of_time=True))
     assert b.status is Status.ROLLING_BACK
     assert b.failure is not None and b.failure.in_doubt
     # The return leg may have been booked without an answer: it is resolved by re-sending.
