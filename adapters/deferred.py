@@ -72,6 +72,16 @@ class DeferredSteps:
     def released(self, partner: str, kind: str, bundle_id: str) -> None:
         self.redis.zrem(f"{self.key(partner, kind)}:leased", bundle_id)
 
+    def wake(self, partner: str) -> None:
+        """The partner is back (its circuit closed): every bundle waiting on it is due now.
+        The releasers still take them a few at a time, so they come back paced, not as a herd.
+        (A forward step past its deadline then gives up, as it would have at the deadline.)"""
+        pipe = self.redis.pipeline(transaction=False)
+        for kind in KINDS:
+            key = self.key(partner, kind)
+            pipe.zunionstore(key, {key: 0})  # every score 0: due
+        pipe.execute()
+
     def counts(self, partners: tuple[str, ...]) -> dict[tuple[str, str], int]:
         """How many bundles wait, per (partner, kind): one round trip."""
         pipe = self.redis.pipeline(transaction=False)

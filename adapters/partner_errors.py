@@ -22,6 +22,10 @@ class NoFlightTicketsAvailable(BusinessRefusal):
 class PartnerUnavailable(PartnerError):
     """5xx, timeouts or connection errors on every try: the outcome of the call is unknown."""
 
+    def __init__(self, message: str, partner: str | None = None) -> None:
+        super().__init__(message)
+        self.partner = partner  # its path prefix, as PARTNER_RATE_LIMITS names it
+
 
 class PartnerProtocolError(PartnerError):
     """An answer outside the contract (an unexpected status or body): not retried."""

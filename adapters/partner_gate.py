@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
@@ -140,8 +140,10 @@ class PartnerGate:
         prefix: str,
         rate_limits: Mapping[str, float] | None = None,
         breaker: BreakerPolicy | None = None,
+        on_close: Callable[[str], None] | None = None,
     ) -> None:
         self.redis = redis
+        self.on_close = on_close  # called with the partner when its circuit closes
         self.prefix = prefix
         self.rate_limits = dict(rate_limits or {})
         self.breaker = breaker or BreakerPolicy()
@@ -178,6 +180,8 @@ class PartnerGate:
         )
         if after != before:
             log.warning("partner %s: circuit %s -> %s", partner, before, after)
+            if after == "closed" and self.on_close is not None:
+                self.on_close(partner)
             return before
         return ""
 

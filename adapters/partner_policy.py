@@ -100,7 +100,8 @@ class CallPolicy:
             tries = retrying.statistics.get("attempt_number", self.attempts)
             raise PartnerUnavailable(
                 f"{method} {path}: failed {tries} times in {time.monotonic() - started:.1f} s "
-                f"(deadline {self.deadline_s:g} s), last: {exc!r}"
+                f"(deadline {self.deadline_s:g} s), last: {exc!r}",
+                partner,
             ) from None
         raise AssertionError("unreachable: tenacity returns or raises")  # pragma: no cover
 

@@ -15,6 +15,8 @@ the saga, under load: floor / chain is the best this design can do here, saga / 
 saga's own code costs on top.
 `cpu`: CPU per flow of the chain and the saga under load (the workers alone, and the whole
 run: workers, Redis, simulator, driver): at saturation, the figure that sets capacity.
+`gate`: CPU per partner call without and with the fleet's partner gate (and a quota), on a
+private Redis (bench/gate_cost.py): `--rounds 10 --flows 2000`.
 
 The stack is the benchmark's own (a database of its own, the simulator, the workers): by
 default one prefork worker, partners answering at once; `--pool threads --processes 2
@@ -36,7 +38,7 @@ from bench.stack import running
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__)
-    p.add_argument("what", choices=["throughput", "rollback", "floor", "cpu"])
+    p.add_argument("what", choices=["throughput", "rollback", "floor", "cpu", "gate"])
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--flows", type=int, default=300, help="flows per section and round")
     p.add_argument("--concurrency", type=int, default=2)
@@ -47,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jitter-ms", type=int, default=0, help="partner latency jitter (+-)")
     p.add_argument("--window", type=int, default=0, help="flows in flight; default 2 x slots")
     args = p.parse_args(argv)
+    if args.what == "gate":
+        from bench.gate_cost import main as gate_cost
+
+        return gate_cost(args.rounds, args.flows)
     window = args.window or 2 * args.concurrency * args.processes
     with running(
         args.pool,

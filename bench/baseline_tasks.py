@@ -2,8 +2,9 @@
 
 Three tasks (POST the show booking, PUT the inbound flight, PUT the return flight, each with
 its idempotency key in the body and the `Idempotency-Key` header, through the same partner
-client and retry policy as the saga) and one task that appends to a Redis stream, as the saga
-appends its events. No state, no checks, no error callbacks: what Celery alone costs.
+client and retry policy as the saga, less the fleet's partner gate) and one task that appends
+to a Redis stream, as the saga appends its events. No state, no checks, no error callbacks:
+what Celery alone costs.
 
 Registered on the production app (same broker, serializer, acks, events and routing) but loaded
 only by the benchmark's worker (CELERY_WORKER_INCLUDE=bench.baseline_tasks), never by `-A tasks`
@@ -14,12 +15,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from functools import cache
 
 from celery import chain
 from celery.canvas import Signature
 
+from adapters.partners import Partners
 from adapters.settings import get_settings
-from tasks.celery_app import app, partners, redis_client
+from tasks.celery_app import app, redis_client
 
 STEPS = 4  # as many tasks as a successful bundle: intake, show, inbound, return (+ finalize)
 NAMESPACE = uuid.UUID("0c9d9a52-6a0e-4b52-8a70-2a9d4a0b1e55")
@@ -28,6 +31,20 @@ NAMESPACE = uuid.UUID("0c9d9a52-6a0e-4b52-8a70-2a9d4a0b1e55")
 def done_stream() -> str:
     """Where the last task of each chain appends `chain_id` (the driver XREADs it)."""
     return f"{get_settings().key_prefix}bench:baseline-done"
+
+
+@cache
+def partners() -> Partners:
+    """The saga's partner client and retry policy, without the fleet's partner gate: a bare
+    chain knows nothing of back-pressure, so what the gate costs shows in the ratios."""
+    s = get_settings()
+    return Partners(
+        s.gateway_url,
+        s.http_timeout_s,
+        s.http_retry_attempts,
+        s.http_retry_max_wait_s,
+        deadline_s=s.http_call_deadline_s,
+    )
 
 
 def book_show(flow_id: str, show_id: str) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from adapters.finder import BundleFinder
-from adapters.partners import Partners
+from adapters.partners import PartnerBusy, Partners
 from adapters.settings import get_settings
 from adapters.store import BundleStore
 from process_manager import saga
@@ -118,10 +118,16 @@ def audit_recent() -> dict[str, int]:
     next_cursor = new[-1][1] if len(new) == s.audit_batch else until
     run = AuditRun()
     ids = [bundle_id for bundle_id, _ in recheck + new]
-    for bundle, found in audit(st, partners(), ids, until, s.audit_filtered_calls):
-        run.checked += 1
-        run.findings += len(found)
-        run.new_findings += record_drift(st, bundle, found)
+    try:
+        for bundle, found in audit(st, partners(), ids, until, s.audit_filtered_calls):
+            run.checked += 1
+            run.findings += len(found)
+            run.new_findings += record_drift(st, bundle, found)
+    except PartnerBusy as busy:
+        # A partner that asks us to wait is not hammered for an audit: the next run starts
+        # from the same cursor (a finding is recorded once, so re-checking is harmless).
+        log.info("audit: postponed, %s", busy)
+        return vars(run)
     st.advance_audit_cursor(next_cursor)
     if run.findings:
         log.info("audit: %s", vars(run))

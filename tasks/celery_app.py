@@ -60,7 +60,9 @@ def partner_gate() -> PartnerGate:
     breaker = BreakerPolicy(
         s.partner_breaker_failures, s.partner_breaker_open_s, s.partner_breaker_max_open_s
     )
-    return PartnerGate(redis_client(), s.key_prefix, s.rate_limits, breaker)
+    # When a partner's circuit closes, the steps waiting on it are due at once.
+    wake = deferred_steps().wake
+    return PartnerGate(redis_client(), s.key_prefix, s.rate_limits, breaker, on_close=wake)
 
 
 @cache
@@ -117,8 +119,8 @@ def io_pool() -> ThreadPoolExecutor:
 _CLIENTS = (
     redis_client,
     store,
-    partner_gate,
     deferred_steps,
+    partner_gate,
     partners,
     compensation_partners,
     io_pool,

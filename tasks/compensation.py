@@ -13,7 +13,8 @@ from concurrent.futures import Future
 from functools import partial
 from typing import TypeVar
 
-from adapters.partners import BusinessRefusal, PartnerError
+from adapters.partners import BusinessRefusal, PartnerError, PartnerUnavailable
+from adapters.settings import get_settings
 from adapters.store import Decide
 from process_manager import saga
 from process_manager.bundle import Bundle
@@ -26,7 +27,7 @@ from process_manager.messages import (
     ResolveBooking,
     Step,
 )
-from tasks.celery_app import app, compensation_partners, io_pool, store
+from tasks.celery_app import app, compensation_partners, deferred_steps, io_pool, store
 from tasks.deferral import deferring
 from tasks.steps import due, due_all, finish_rollback, flight_booking, log, record, show_booking
 
@@ -35,8 +36,10 @@ REASON = "VIP bundle rolled back"
 
 
 def _or_park(bundle: Bundle, commands: Sequence[Command], call: Callable[[], T]) -> T:
-    """Run an undo's calls: a partner not due defers the undo (it never gives up); a failure
-    past the retries parks the bundle."""
+    """Run an undo's calls: a partner not due defers the undo (a wait, never a failure); a
+    failure past the retries parks the bundle. A bundle parked because its partner is down
+    also waits on that partner, so it is taken up as soon as the partner's circuit closes,
+    not only at the reconciler's next backoff."""
     command = commands[0]
     try:
         with deferring(bundle, *commands, undo=True):
@@ -45,6 +48,9 @@ def _or_park(bundle: Bundle, commands: Sequence[Command], call: Callable[[], T])
         step, reason = type(command).__name__, str(exc)
         log.warning("%s for %s failed, parking the bundle: %s", step, command.vip_bundle_id, reason)
         store().apply(command.vip_bundle_id, lambda b: saga.compensation_failed(b, step, reason))
+        if isinstance(exc, PartnerUnavailable) and exc.partner is not None:
+            wait_s = get_settings().parked_retry_base_s
+            deferred_steps().defer(bundle.vip_bundle_id, exc.partner, undo=True, wait_s=wait_s)
         raise
 
 

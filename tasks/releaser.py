@@ -4,7 +4,8 @@ A thread of the worker's main process (a Celery bootstep, so `celery worker` run
 flag) takes due bundles from the partners' delayed queues a few at a time: undos first, then
 forward steps; with a quota, about what the quota lets through in one tick, so a partner that
 comes back is not met by every waiting step at once. Each bundle is taken up from its stored
-state (`send_next`: the rest of its chain, or its pending undos), like the reconciler does.
+state (`take_up`, as the reconciler does: the rest of its chain, its pending undos, or, for a
+bundle parked while its partner was down, its resume).
 Every worker runs it; the queues' leases keep two of them from releasing the same bundle.
 """
 
@@ -21,8 +22,9 @@ from redis import RedisError
 from adapters.deferred import KINDS
 from adapters.partner_gate import PARTNER_PREFIXES
 from adapters.settings import get_settings
+from process_manager.bundle import FINAL
 from tasks.celery_app import app, deferred_steps, store
-from tasks.saga import send_next
+from tasks.saga import take_up
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +48,8 @@ def release_due() -> int:
             for bundle_id in deferred.take_due(partner, kind, budget):
                 budget -= 1
                 bundle = store().get(bundle_id)
-                if bundle is not None:
-                    send_next(bundle)  # a final bundle sends nothing
+                if bundle is not None and bundle.status not in FINAL:
+                    take_up(bundle)  # a parked one resumes
                 # Only once sent: if sending failed, the lease runs out and it comes back.
                 deferred.released(partner, kind, bundle_id)
                 released += 1

@@ -49,6 +49,8 @@ os.environ.setdefault("HTTP_TIMEOUT_S", "2")
 os.environ.setdefault("HTTP_RETRY_ATTEMPTS", "4")
 os.environ.setdefault("HTTP_RETRY_MAX_WAIT_S", "0.05")
 os.environ.setdefault("COMPENSATION_RETRY_ATTEMPTS", "3")
+# A partner's circuit, once open, is probed at least every 2 s (not 10 s).
+os.environ.setdefault("PARTNER_BREAKER_MAX_OPEN_S", "2")
 
 from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -96,10 +98,22 @@ def sim(simulator: SimulatorServer) -> Iterator[SimulatorClient]:
     client = simulator.client()
     client.clear_faults()
     client.set_latency(0)
+    forget_partner_states()
     yield client
     client.clear_faults()
+    client.clear_quota()
     client.set_latency(0)
     client.close()
+    forget_partner_states()
+
+
+def forget_partner_states() -> None:
+    """Each test meets healthy partners: what the fleet learned of them in an earlier test
+    (an open circuit, a Retry-After) is the partners' state, reset with their faults."""
+    from adapters.partner_gate import PARTNER_PREFIXES
+    from tasks.celery_app import partner_gate, redis_client
+
+    redis_client().delete(*(partner_gate().key(p) for p in PARTNER_PREFIXES))
 
 
 @pytest.fixture(scope="session")

@@ -56,10 +56,11 @@ def book(api: httpx.Client, body: dict[str, Any], **headers: str) -> str:
 
 
 def parked(api: httpx.Client, sim: SimulatorClient) -> dict[str, Any]:
-    """A bundle whose rollback cannot refund (payments answer 503): parked."""
+    """A bundle whose rollback cannot refund (payments answer 400, outside the contract: not
+    retried, not an outage the circuit breaker would wait out): parked at once."""
     body = request()
     sim.set_flight_seats(body["inbound_flight_id"], 0)
-    sim.fault("/payments-api", status=503, rate=1.0)
+    sim.fault("/payments-api", status=400, rate=1.0)
     try:
         bundle = settle(api, book(api, body))
     finally:
@@ -150,7 +151,7 @@ def test_the_console_shows_the_fleet_as_metrics_count_it_and_refreshes_itself(
     links = {a.attrs["href"] for a in dom.all("a")}
     assert f"vip-bundles/{fleet['parked']}" in links
     assert f"vip-bundles/{fleet['failed']}" in links
-    assert "503" in parked_rows[fleet["parked"]].text
+    assert "400" in parked_rows[fleet["parked"]].text
     assert dom.by_id("flower-link").attrs["href"] == "http://127.0.0.1:5555"
     assert dom.by_id("metrics-link").attrs["href"] == "metrics"
 
@@ -375,7 +376,7 @@ def test_metrics_count_bundles_transitions_steps_and_partner_calls(
         assert time.monotonic() < deadline, (calls, steps)
         time.sleep(0.5)
     assert calls[("shows", "ok")] >= 3
-    assert calls[("payments", "transient")] >= 1 and calls[("payments", "gave_up")] >= 1
+    assert calls[("payments", "refused")] >= 1  # the parked bundle's refunds (400)
     assert {"book_show_tickets", "book_inbound_flight", "refund_ticket"} <= steps
     transitions = {dict(k)["event"]: v for k, v in m["vip_bundles_transitions_total"].items()}
     assert transitions["VipBundleFinalized_v1"] >= 1
