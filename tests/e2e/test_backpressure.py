@@ -14,7 +14,11 @@ def test_a_throttled_flight_partner_delays_the_bundle_and_costs_it_nothing(saga:
     assert bundle.status is Status.FINALIZED
     assert bundle.step_failures == 0 and bundle.last_error is None  # a wait is no failure
     assert "StepFailed" not in saga.events(bundle.vip_bundle_id)
-    flights = saga.calls(bundle, "/transportation-api/flight-tickets")
+    flights = [
+        c
+        for c in saga.sim.calls(path_prefix="/transportation-api/flight-tickets")
+        if (c.get("body") or {}).get("reference_id") == bundle.vip_bundle_id
+    ]
     throttled = [c for c in flights if c["status"] == 429]
     assert len(throttled) == 2
     # Sent again with the same key, and not before the Retry-After.
