@@ -40,6 +40,7 @@ def partner_row(p: PartnerSnapshot) -> dict[str, Any]:
     circuit = p.circuit.replace("_", "-")
     if p.circuit != "closed" and p.open_s:
         circuit += f" for {seconds(p.open_s)}"
+    waits = int(sum(p.waits.values()))
     return {
         **p.as_dict(),
         "deferred_undo": p.deferred.get("undo", 0),
@@ -49,9 +50,7 @@ def partner_row(p: PartnerSnapshot) -> dict[str, Any]:
         "busy": p.circuit != "closed" or p.retry_after_s > 0 or sum(p.deferred.values()) > 0,
         "circuit_text": circuit,
         "retry_after_text": seconds(p.retry_after_s),
-        "waits_text": f"{int(sum(p.waits.values())):,} ({seconds(p.wait_s)} in all)"
-        if p.wait_s
-        else f"{int(sum(p.waits.values())):,}",
+        "waits_text": f"{waits:,}" + (f" ({seconds(p.wait_s)} in all)" if p.wait_s else ""),
     }
 
 
