@@ -7,7 +7,8 @@ worker shutdown sends the rest. A forked child starts with nothing pending (the 
 are the parent's to send), so nothing is counted twice.
 
 `/metrics`: `RedisCollector` reads, at scrape time and in one round trip, those sums, the event
-counters the store's transition script keeps, and the size of every status index (ZCARD).
+counters the store's transition script keeps, the size of every status index (ZCARD), and each
+partner's gate and delayed queues (adapters/metrics_partners.py).
 Why not prometheus_client's multiprocess mode: it shares files between the processes of ONE
 host, and each scrape would need every host; the sums in Redis are one place for all of them.
 """
@@ -19,7 +20,7 @@ import os
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -29,6 +30,8 @@ from prometheus_client.core import (
 )
 from redis import Redis, RedisError
 
+from adapters import metrics_partners
+from adapters.metrics_partners import PARTNER_OF_PATH, PartnerSnapshot
 from adapters.store import BundleStore
 from process_manager.bundle import IN_FLIGHT, Status
 from process_manager.messages import EVENT_TYPES
@@ -37,15 +40,8 @@ log = logging.getLogger(__name__)
 
 FLUSH_EVERY_S = 5.0
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-# throttled: answered 429 (not processed); deferred: not made, the fleet's partner gate said
-# "not yet" (Retry-After, open circuit, quota): the step waits as a scheduled message.
-OUTCOMES = ("ok", "refused", "transient", "gave_up", "throttled", "deferred")
-PARTNER_OF_PATH = {
-    "dead-nation-api": "shows",
-    "transportation-api": "flights",
-    "payments-api": "payments",
-    "receipts-api": "receipts",
-}
+# Sums of seconds: sent with HINCRBYFLOAT (every other field counts whole observations).
+FLOAT_FIELDS = ("step_sum|", "partner_wait_sum|")
 # Undo steps done, counted exactly once each: by the transition that recorded them.
 COMPENSATION_OF_EVENT = {
     "TicketRefunded_v1": "refund_ticket",
@@ -125,7 +121,7 @@ class Meter:
         key = metrics_key(prefix)
         pipe = redis.pipeline(transaction=False)
         for field, amount in pending.items():
-            if field.startswith("step_sum|"):
+            if field.startswith(FLOAT_FIELDS):
                 pipe.hincrbyfloat(key, field, amount)
             else:
                 pipe.hincrby(key, field, int(amount))
@@ -171,7 +167,10 @@ class RedisCollector:
         pipe.hgetall(metrics_key(st.prefix))
         pipe.zrange(st.in_flight_key, 0, 0, withscores=True)
         pipe.hgetall(st.archived_counts_key)
-        *sizes, events_raw, sums_raw, oldest, archived_raw = pipe.execute()
+        n_partner = metrics_partners.queue_reads(pipe, st.redis, st.prefix)
+        replies = pipe.execute()
+        partner_replies = replies[len(replies) - n_partner :]
+        *sizes, events_raw, sums_raw, oldest, archived_raw = replies[: len(replies) - n_partner]
 
         bundles = GaugeMetricFamily(
             "vip_bundles_bundles",
@@ -205,27 +204,10 @@ class RedisCollector:
             compensations.add_metric([kind], events.get(event, 0))
         yield compensations
 
-        sums = {_text(k): float(v) for k, v in sums_raw.items()}
-        yield from self._partner_calls(sums)
+        sums = _sums(sums_raw)
+        partners = metrics_partners.snapshots(partner_replies, sums)
+        yield from metrics_partners.families(partners, sums)
         yield self._step_durations(sums)
-
-    @staticmethod
-    def _partner_calls(sums: dict[str, float]) -> Iterable[Metric]:
-        calls = CounterMetricFamily(
-            "vip_bundles_partner_calls",
-            "Partner HTTP calls by outcome (transient: one failed try; gave_up: all tries failed; "
-            "throttled: answered 429; deferred: not made, the partner was not due)",
-            labels=["partner", "outcome"],
-        )
-        partners = sorted(
-            {*PARTNER_OF_PATH.values()}
-            | {f.split("|")[1] for f in sums if f.startswith("partner_calls|")}
-        )
-        for partner in partners:
-            for outcome in OUTCOMES:
-                n = sums.get(f"partner_calls|{partner}|{outcome}", 0)
-                calls.add_metric([partner, outcome], n)
-        return [calls]
 
     @staticmethod
     def _step_durations(sums: dict[str, float]) -> Metric:
@@ -242,6 +224,19 @@ class RedisCollector:
                 buckets.append(("+Inf" if le == "+Inf" else str(le), cumulative))
             histogram.add_metric([step], buckets, sum_value=sums.get(f"step_sum|{step}", 0.0))
         return histogram
+
+
+def read_partners(store: BundleStore) -> list[PartnerSnapshot]:
+    """Each partner as the fleet sees it (the console, `vip-bundles stats`): one round trip."""
+    pipe = store.redis.pipeline(transaction=False)
+    pipe.hgetall(metrics_key(store.prefix))
+    metrics_partners.queue_reads(pipe, store.redis, store.prefix)
+    sums_raw, *replies = pipe.execute()
+    return metrics_partners.snapshots(replies, _sums(sums_raw))
+
+
+def _sums(raw: dict[bytes | str, bytes | str]) -> dict[str, float]:
+    return {_text(k): float(v) for k, v in raw.items()}
 
 
 def _text(value: bytes | str) -> str:

@@ -307,10 +307,12 @@ def resume(vip_bundle_id: str) -> None:
 
 @cli.command()
 def stats() -> None:
-    """Bundles in each status (from the status indexes: no scan) and Redis memory."""
+    """Bundles in each status (from the status indexes: no scan), Redis memory, and each
+    partner's back-pressure (circuit, Retry-After left, steps waiting, 429s, waits)."""
     from process_manager.bundle import FINAL, IN_FLIGHT, Status
     from tasks.celery_app import store
     from vip_bundles.cli_archive import memory_lines
+    from vip_bundles.partners_view import partners_table
 
     st = store()
     counts = st.counts()
@@ -327,6 +329,7 @@ def stats() -> None:
         table.add_row(s.value, kind, f"{counts[s]:,}", moved, style=style)
     console.print(table)
     console.print(memory_lines(st))
+    console.print(partners_table(st))
 
 
 @cli.command()

@@ -74,6 +74,10 @@ def test_the_grafana_dashboard_parses_and_uses_only_served_metrics(served: set[s
         "vip_bundles_partner_calls_total",
         "vip_bundles_compensations_total",
         "vip_bundles_oldest_in_flight_seconds",
+        "vip_bundles_partner_circuit_state",
+        "vip_bundles_partner_retry_after_seconds",
+        "vip_bundles_deferred_steps",
+        "vip_bundles_partner_waits_total",
     ):
         assert family in used
 

@@ -26,6 +26,7 @@ from vip_bundles.http.bundles import MAX_PAGE, MAX_QUERY
 from vip_bundles.http.errors import ERRORS_422, Errors
 from vip_bundles.memory_view import memory_view
 from vip_bundles.pages import render
+from vip_bundles.partners_view import COLUMNS, partners_view
 
 CONSOLE_LIST = 20  # rows in each of the console's lists
 
@@ -42,7 +43,12 @@ def console(q: Annotated[str | None, Query(max_length=MAX_QUERY)] = None) -> HTM
     found = finder().search(q)[:MAX_PAGE] if q and q.strip() else None
     links = {"flower": s.flower_url, "metrics": "metrics", "json": "dashboard.json"}
     context = console_context(_console_data(), q, found, links)
-    page = render("dashboard.html", **context, refresh_ms=int(s.console_refresh_s * 1000))
+    page = render(
+        "dashboard.html",
+        **context,
+        partner_columns=COLUMNS,
+        refresh_ms=int(s.console_refresh_s * 1000),
+    )
     return HTMLResponse(page)
 
 
@@ -83,4 +89,4 @@ def _console_data() -> dict[str, Any]:
         cancelled=st.list(Status.CANCELLED, 0, CONSOLE_LIST),
         now=utcnow(),
     )
-    return {**data, "memory": memory_view(st)}
+    return {**data, "memory": memory_view(st), "partners": partners_view(st)}
