@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,25 +133,41 @@ class ClaimedDatabase:
     url: str
     db: int
     client: redis.Redis = field(repr=False)
+    token: str = ""
+    _released: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def keep_alive(self, lease_s: int) -> None:
+        """Renew the lease every third of its life while this process runs: a run that dies
+        stops renewing, and its database is free again once the lease runs out."""
+
+        def renew() -> None:
+            while not self._released.wait(lease_s / 3):
+                with contextlib.suppress(redis.RedisError):
+                    self.client.set(CLAIM_LEASE, self.token, ex=lease_s)
+
+        threading.Thread(target=renew, name="vip-bundles-db-lease", daemon=True).start()
 
     def release(self) -> None:
         """Empty it, leaving only the owner mark: whatever a straggling client of the run
         writes there later is recognised as ours and cleared by the next claim."""
+        self._released.set()
         with contextlib.suppress(redis.RedisError):
             self.client.flushdb()
             self.client.set(CLAIM_OWNER, "released")
             self.client.close()
 
 
-def claim_database(server_url: str, lease_s: int = 6 * 3600) -> ClaimedDatabase:
+def claim_database(server_url: str, lease_s: int = 120) -> ClaimedDatabase:
     """Claim an unused database number on the Redis server at `server_url`.
 
     Runs are told apart by database number, as installations sharing a Redis are (the intake
     contract): a run's broker queues, results and bundles then need no key prefix that a real
     caller would not have. Database 0 (the default REDIS_URL) is never taken; a database with
-    anyone else's data in it is skipped; one left by a crashed run (its owner mark there, and
-    the run's process gone or its lease expired) is cleared and reused. The processes a run
-    starts die with it (`die_with_parent`), so none is left to consume a database reused.
+    anyone else's data in it is skipped; one left by a crashed run (its owner mark there, its
+    lease run out) is cleared and reused. The lease is renewed while the claiming process
+    lives, so liveness needs no process id (which another host, container or PID namespace
+    sharing the Redis could not check). The processes a run starts die with it
+    (`die_with_parent`), so none is left to consume a database reused.
     """
     base = redis.Redis.from_url(server_url)
     try:
@@ -159,39 +176,22 @@ def claim_database(server_url: str, lease_s: int = 6 * 3600) -> ClaimedDatabase:
         count = 16
     finally:
         base.close()
-    host = socket.gethostname()
-    token = f"{host}:{os.getpid()}:{time.time()}"
+    token = f"{socket.gethostname()}:{os.getpid()}:{time.time()}"
     for db in range(1, count):
         client = redis.Redis.from_url(server_url, db=db)
-        if client.exists(CLAIM_OWNER) and not _claim_alive(client.get(CLAIM_LEASE), host):
-            client.flushdb()  # a crashed run's leftovers
+        if client.exists(CLAIM_OWNER) and not client.exists(CLAIM_LEASE):
+            client.flushdb()  # a crashed run's leftovers: its lease ran out
         if client.set(CLAIM_LEASE, token, nx=True, ex=lease_s):
             # Empty but for our lease: ours. Anything else is someone else's data.
             if client.dbsize() == 1:
                 client.set(CLAIM_OWNER, token)
                 url = f"{server_url.rstrip('/')}/{db}"
-                return ClaimedDatabase(url, db, client)
+                claimed = ClaimedDatabase(url, db, client, token)
+                claimed.keep_alive(lease_s)
+                return claimed
             client.delete(CLAIM_LEASE)
         client.close()
     raise RuntimeError(f"no free database on {server_url} (all {count - 1} taken)")
-
-
-def _claim_alive(lease: bytes | None, host: str) -> bool:
-    """Is the run holding this lease alive? A lease of this host names its process; one of
-    another host is trusted until it expires."""
-    if lease is None:
-        return False
-    lease_host, _, rest = lease.decode(errors="replace").partition(":")
-    pid = rest.split(":", 1)[0]
-    if lease_host != host or not pid.isdigit():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def server_url_of(url: str) -> str:
