@@ -30,11 +30,14 @@ from adapters.metrics import METER
 from adapters.partners import Partners
 from adapters.settings import get_settings
 from adapters.store import BundleStore
+from tasks.deferral import Deferring
 
 # One INFO line per partner request is noise at this rate; failures are logged by the steps.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
-app = Celery("vip_bundles")
+# Every task checks the schema version of what it reads first (tasks/deferral.py).
+# Importing it also stamps the version on every message this process sends.
+app = Celery("vip_bundles", task_cls=Deferring)
 app.config_from_object("celeryconfig")
 
 
