@@ -21,6 +21,9 @@ from __future__ import annotations
 # Bundles record which release created them and which last moved them.
 RELEASE = "0.2.0"
 
+# What a bundle shows for a release it does not know: one before releases were recorded.
+UNRECORDED = "before 0.2.0 (not recorded)"
+
 ABSENT = 1  # the version of anything written without one: the releases before 0.2.0
 # Version 2: the document records `created_by_release` and `moved_by_release`; messages and
 # events carry their version. Otherwise the shapes of version 1, unchanged.
@@ -47,6 +50,11 @@ class NewerSchema(Exception):
 
 class OlderSchema(ValueError):
     """Older than the previous version: no release that wrote it may still be running."""
+
+
+def release_label(release: str | None) -> str:
+    """A bundle's `created_by_release` / `moved_by_release` as shown to people."""
+    return release or UNRECORDED
 
 
 def version_of(value: object) -> int:
