@@ -101,4 +101,4 @@ class Deferring(Task):
         wait = defer_s(get_settings().visibility_timeout_s)
         # The same message (id, chain, callbacks, headers with its version, retry count).
         self.signature_from_request(countdown=wait).apply_async()
-        return Retry(f"deferred {wait:.0f} s: {exc}", when=wait)
+        return Retry(f"deferred {wait:.0f} s ({exc.what}, version {exc.version})", when=wait)
