@@ -109,7 +109,8 @@ def test_a_mixed_fleet_of_the_previous_release_and_this_one(
     direction: str, make_stack, record, previous: PreviousRelease, tmp_path: Path
 ):
     first, second = (previous, None) if direction == "upgrade" else (None, previous)
-    name = {None: "this", previous: f"previous-{previous.short}"}
+    name = {None: "this", previous: f"previous-{previous.short}"}  # in worker names
+    label = {None: f"this release ({versions.RELEASE})", previous: f"{previous.short}"}
     st = make_stack(
         f"mixed-{direction}", STALE_AFTER_S="8", PARKED_RETRY_BASE_S="2", PARKED_RETRY_MAX_S="6"
     )
@@ -175,8 +176,8 @@ def test_a_mixed_fleet_of_the_previous_release_and_this_one(
             "payments down until the first side is stopped (rollbacks and cancels park)",
             f"{BUNDLES} bundles in three batches (alone, mixed, just before the handover); "
             f"{cancels} cancelled at random moments; a third sold out",
-            f"kill -9 of a worker of {name[first]}, then of one of {name[second]}, mid-flight",
-            f"{name[first]} stopped (worker and beat); {name[second]} alone with its own beat",
+            f"kill -9 of a worker of {label[first]}, then of one of {label[second]}, mid-flight",
+            f"{label[first]} stopped (worker and beat); {label[second]} alone with its beat",
         ],
         bundles=BUNDLES,
         bundles_seen_in_each_status_while_mixed=seen_while_mixed,
