@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from celery import Celery
 from redis import Redis
@@ -23,6 +24,8 @@ from adapters.store import BundleStore
 from partner_simulator.server import SimulatorServer
 from process_manager import saga, versions
 from process_manager.bundle import Bundle
+from tasks.celery_app import store as run_store
+from tests.e2e.api_server import api_server
 from tests.factories import fresh_bundle
 from vip_bundles import local_stack
 
@@ -136,3 +139,30 @@ def test_a_newer_bundle_document_is_left_untouched_and_its_step_deferred(fleet: 
     assert fleet.hash_of(bundle) == before  # not even a start counted
     assert len(fleet.on_broker(sent.id)) == 1
     assert fleet.noted("bundle document") >= 1
+
+
+def test_the_http_door_leaves_a_newer_bundle_to_a_newer_door():
+    fresh = fresh_bundle()
+    bundle = run_store().create(fresh, saga.initialized(fresh))[0]
+    doc = {**json.loads(bundle.model_dump_json()), "schema_version": versions.DOCUMENT + 1}
+    run_store().redis.hset(run_store()._bundle_key(bundle.vip_bundle_id), "doc", json.dumps(doc))
+
+    try:
+        with api_server() as url:
+            answer = httpx.get(f"{url}/vip-bundles/{bundle.vip_bundle_id}")
+    finally:
+        forget(run_store(), bundle)  # the run's other tests meet no newer bundle
+    assert answer.status_code == 503 and answer.headers["retry-after"]
+    assert answer.json()["errors"][0]["field"] == "schema_version"
+
+
+def forget(store: BundleStore, bundle: Bundle) -> None:
+    """Remove a bundle just created, with its index entries, from the run's database."""
+    pipe = store.redis.pipeline()
+    pipe.delete(store._bundle_key(bundle.vip_bundle_id))
+    for key in (store.status_key(bundle.status), store.in_flight_key):
+        pipe.zrem(key, bundle.vip_bundle_id)
+    pipe.zrem(store._email_index(bundle.customer_email), bundle.vip_bundle_id)
+    pipe.zrem(store._correlation_index(bundle.correlation_id), bundle.vip_bundle_id)
+    pipe.hdel(store._booking_index(), bundle.booking_id)
+    pipe.execute()
