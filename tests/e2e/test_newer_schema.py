@@ -25,6 +25,7 @@ from partner_simulator.server import SimulatorServer
 from process_manager import saga, versions
 from process_manager.bundle import Bundle
 from tasks.celery_app import store as run_store
+from tasks.deferral import bundle_id_of, defer_s
 from tests.e2e.api_server import api_server
 from tests.factories import fresh_bundle
 from vip_bundles import local_stack
@@ -166,3 +167,19 @@ def forget(store: BundleStore, bundle: Bundle) -> None:
     pipe.zrem(store._correlation_index(bundle.correlation_id), bundle.vip_bundle_id)
     pipe.hdel(store._booking_index(), bundle.booking_id)
     pipe.execute()
+
+
+EVENT_MESSAGE = {"header": {"event_name": "TicketRefunded_v1"}, "payload": {"vip_bundle_id": "b"}}
+
+
+def test_the_bundle_of_a_task_message_is_found_in_each_shape_of_arguments():
+    assert bundle_id_of(("b1", "inbound"), {}) == "b1"
+    assert bundle_id_of((), {"vip_bundle_id": "b2", "reason": "r"}) == "b2"
+    assert bundle_id_of((EVENT_MESSAGE,), {}) == "b"
+    assert bundle_id_of((), {}) is None
+
+
+@pytest.mark.parametrize("visibility_timeout_s", [3600, 60, 8])
+def test_a_deferral_waits_well_inside_the_visibility_timeout(visibility_timeout_s: int):
+    waits = [defer_s(visibility_timeout_s) for _ in range(50)]
+    assert all(0 < w <= min(30, visibility_timeout_s / 4) for w in waits)

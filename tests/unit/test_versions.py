@@ -14,7 +14,6 @@ from process_manager.bundle import Bundle
 from process_manager.messages import FlightBookingFailed_v1, Leg, parse_event
 from process_manager.requests import InvalidRequest
 from process_manager.versions import NewerSchema, OlderSchema
-from tasks.deferral import bundle_id_of, defer_s
 from tests.factories import fresh_bundle, new_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,19 +112,6 @@ def test_a_newer_event_is_refused_as_newer_not_as_invalid():
     message["header"]["schema_version"] = "garbled"
     with pytest.raises(InvalidRequest):
         parse_event(message)
-
-
-def test_the_bundle_of_a_task_message_is_found_in_each_shape_of_arguments():
-    assert bundle_id_of(("b1", "inbound"), {}) == "b1"
-    assert bundle_id_of((), {"vip_bundle_id": "b2", "reason": "r"}) == "b2"
-    assert bundle_id_of((failed_event_message(),), {}) == "b"
-    assert bundle_id_of((), {}) is None
-
-
-@pytest.mark.parametrize("visibility_timeout_s", [3600, 60, 8])
-def test_a_deferral_waits_well_inside_the_visibility_timeout(visibility_timeout_s: int):
-    waits = [defer_s(visibility_timeout_s) for _ in range(50)]
-    assert all(0 < w <= min(30, visibility_timeout_s / 4) for w in waits)
 
 
 def test_a_fresh_bundle_is_written_only_through_the_transitions():
