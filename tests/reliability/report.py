@@ -101,7 +101,7 @@ at the partners' real speed (docs/performance.md); the threads runs are marked *
 and their workers run the README's `-c 64` (a scenario that pins one or two slots keeps them),
 so a worker killed mid-step takes up to 64 steps in flight with it.
 
-Run them all (about 12 minutes on 2 cores) and regenerate this page:
+Run them all (about 13 minutes on 2 cores) and regenerate this page:
 
 ```bash
 {RUN_ALL}
