@@ -8,7 +8,10 @@ for as long as no newer worker takes it, and must not wander into other tests' w
 
 from __future__ import annotations
 
+import ast
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,7 +26,7 @@ from adapters.metrics import metrics_key
 from adapters.store import BundleStore
 from partner_simulator.server import SimulatorServer
 from process_manager import saga, versions
-from process_manager.bundle import Bundle
+from process_manager.bundle import Bundle, Status
 from tasks.celery_app import store as run_store
 from tasks.deferral import bundle_id_of, defer_s
 from tests.e2e.api_server import api_server
@@ -183,3 +186,26 @@ def test_the_bundle_of_a_task_message_is_found_in_each_shape_of_arguments():
 def test_a_deferral_waits_well_inside_the_visibility_timeout(visibility_timeout_s: int):
     waits = [defer_s(visibility_timeout_s) for _ in range(50)]
     assert all(0 < w <= min(30, visibility_timeout_s / 4) for w in waits)
+
+
+def test_the_reconciler_skips_a_newer_bundle_and_takes_the_others_up(fleet: Fleet):
+    newer, stale = fleet.bundle(), fleet.bundle()
+    key = fleet.store._bundle_key(newer.vip_bundle_id)
+    doc = {**json.loads(newer.model_dump_json()), "schema_version": versions.DOCUMENT + 1}
+    fleet.redis.hset(key, mapping={"doc": json.dumps(doc), "schema": versions.DOCUMENT + 1})
+    before = fleet.hash_of(newer)
+
+    # One pass, as beat's task runs it, told that nothing is recent enough to wait.
+    env = {**fleet.worker.env, "STALE_AFTER_S": "0", "PARKED_RETRY_BASE_S": "0"}
+    code = "from tasks.reconcile import reconcile; print(reconcile())"
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+
+    assert run.returncode == 0, run.stderr
+    assert ast.literal_eval(run.stdout.strip().splitlines()[-1])["resumed"] >= 1
+    assert fleet.hash_of(newer) == before  # left to the newer release's reconciler
+    deadline = time.monotonic() + 30  # the other one's chain was sent again: it finishes
+    while fleet.store.require(stale.vip_bundle_id).status is not Status.FINALIZED:
+        assert time.monotonic() < deadline, fleet.store.require(stale.vip_bundle_id).status
+        time.sleep(0.1)
