@@ -33,11 +33,14 @@ from adapters.partner_policy import RetryAfterPolicy
 from adapters.partners import Partners
 from adapters.settings import get_settings
 from adapters.store import BundleStore
+from tasks.schema_guard import SchemaGuardedTask
 
 # One INFO line per partner request is noise at this rate; failures are logged by the steps.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
-app = Celery("vip_bundles")
+# Every task checks the schema version of what it reads first (tasks/schema_guard.py).
+# Importing it also stamps the version on every message this process sends.
+app = Celery("vip_bundles", task_cls=SchemaGuardedTask)
 app.config_from_object("celeryconfig")
 
 

@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from process_manager import versions
+
 cli = typer.Typer(
     help="VIP bundles: show tickets + flights, sold as a Celery saga.",
     no_args_is_help=True,
@@ -145,6 +147,10 @@ def status(vip_bundle_id: str, as_json: Annotated[bool, typer.Option("--json")] 
     console.print(
         f"[bold]{bundle.vip_bundle_id}[/]  status: [bold]{bundle.status}[/]  "
         f"booking: {bundle.booking_id}{archived}"
+    )
+    console.print(
+        f"created by release {versions.release_label(bundle.created_by_release)}, "
+        f"last moved by release {versions.release_label(bundle.moved_by_release)}"
     )
     console.print(f"tickets: {bundle.ticket_ids}")
     console.print(f"flight tickets: { {str(k): v for k, v in bundle.flight_tickets.items()} }")
