@@ -99,7 +99,7 @@ class Meter:
         )
 
     def newer_schema(self, what: str) -> None:
-        """A bundle met written by a newer release (counted once per bundle: tasks/schema_guard.py)."""
+        """A bundle met written by a newer release (once per bundle: tasks/schema_guard.py)."""
         self._add((f"newer_schema|{what}", 1))
 
     def _add(self, *items: tuple[str, float]) -> None:

@@ -18,8 +18,8 @@ from adapters.settings import get_settings
 from process_manager.bundle import Bundle, Status
 from process_manager.versions import NewerSchema
 from tasks.celery_app import app, store
-from tasks.schema_guard import note_newer
 from tasks.saga import take_up
+from tasks.schema_guard import note_newer
 from tasks.steps import log
 
 FORWARD = (Status.INITIALIZED, Status.BOOKING_MADE, Status.INBOUND_BOOKED, Status.RETURN_BOOKED)
