@@ -353,12 +353,13 @@ def api(
 
     Without API_KEYS it serves loopback only and refuses any other --host.
     """
+    from adapters.connection_check import ConnectionCheckFailed
     from vip_bundles.api import serve
 
     try:
         serve(host=host, port=port)
-    except ValueError as exc:  # refused to start: say why, no traceback
-        console.print(f"[red]vip-bundles api: {exc}[/]", highlight=False)
+    except (ValueError, ConnectionCheckFailed) as exc:  # refused to start: why, no traceback
+        console.print(f"[red]vip-bundles api: {exc}[/]", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -368,4 +369,22 @@ cli.add_typer(archive_cli, name="archive")
 
 
 def main() -> None:
-    cli()
+    from kombu.exceptions import OperationalError
+    from redis.exceptions import RedisError
+
+    from adapters.connection_check import ConnectionCheckFailed, cause, redact
+
+    try:
+        cli()
+    except (RedisError, OperationalError, OSError) as exc:
+        # A connection that failed mid-command: name it (each is tried once more, in order)
+        # and say why in one line, no traceback.
+        from tasks.connections import check_connections
+
+        try:
+            check_connections()
+            line = f"vip-bundles: {redact(cause(exc))}"
+        except ConnectionCheckFailed as failed:
+            line = f"vip-bundles: {failed}"
+        print(line, file=sys.stderr)
+        raise SystemExit(1) from None

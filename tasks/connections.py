@@ -1,0 +1,94 @@
+"""Every connection of a process, tried once at start (adapters/connection_check.py).
+
+Workers and beat check from their init signals and exit 1 with one line on stderr; the HTTP
+door and the CLI call `check_connections` and print the line themselves. A server that only
+refuses connections (not up yet, restarting) is not a configuration error: Celery's own
+retries on start-up wait for it, as before.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+
+from celery.signals import beat_init, worker_init
+
+from adapters.connection_check import ConnectionCheckFailed, check, probe_archive, probe_redis
+from adapters.settings import Settings, get_settings
+from tasks.celery_app import app, redis_client
+
+log = logging.getLogger(__name__)
+
+
+def secrets(s: Settings) -> list[str]:
+    """Values that must never appear in a message (URL passwords are masked anyway)."""
+    found = [v.get_secret_value() for v in (s.api_keys, s.redis_sentinel_password) if v]
+    if s.archive_url is not None:
+        found.append(s.archive_url.get_secret_value())
+    return found
+
+
+def _which(setting: str | None, name: str) -> str:
+    return name if setting else "REDIS_URL"
+
+
+def check_connections(broker: bool = True) -> None:
+    """Redis (state), the broker, the result backend and the archive: each authenticated and
+    verified once. Raises ConnectionCheckFailed naming the first that fails."""
+    s = get_settings()
+    hidden = secrets(s)
+    state = "Redis (REDIS_URL, Sentinel)" if s.redis_sentinels else "Redis (REDIS_URL)"
+    _try(state, probe_redis(redis_client(), s.key_prefix), hidden)
+    if broker:
+        _try(f"broker ({_which(s.broker_url, 'BROKER_URL')})", _probe_broker, hidden)
+    backend = app.backend
+    if hasattr(backend, "client"):  # Redis (or Sentinel) result backend
+        _try(
+            f"result backend ({_which(s.result_backend, 'RESULT_BACKEND')})",
+            backend.client.ping,
+            hidden,
+        )
+    if s.archive_url is not None:
+        _try("archive (ARCHIVE_URL)", probe_archive(s.archive_url.get_secret_value()), hidden)
+
+
+def _probe_broker() -> None:
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
+
+
+def _try(what: str, probe, hidden: list[str]) -> None:  # type: ignore[no-untyped-def]
+    try:
+        check(what, probe, hidden)
+    except ConnectionCheckFailed as exc:
+        if _refused(exc.__context__):
+            log.warning("%s (will keep trying)", exc)
+            return
+        raise
+
+
+def _refused(exc: BaseException | None) -> bool:
+    """Nothing listening (yet): a plain refused or unreachable connection, not a TLS or
+    authentication failure."""
+    while exc is not None:
+        if isinstance(exc, ConnectionRefusedError) or (
+            isinstance(exc, OSError) and exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH)
+        ):
+            return True
+        if "Connection refused" in str(exc) or "Error 111 " in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+@worker_init.connect
+@beat_init.connect
+def _check_at_start(**_: object) -> None:
+    try:
+        check_connections()
+    except ConnectionCheckFailed as exc:
+        # Straight to stderr (Celery may have redirected sys.stderr to its log) and out: a
+        # misconfigured connection is not retried until someone notices.
+        os.write(2, f"vip-bundles: cannot start: {exc}\n".encode())
+        os._exit(1)
