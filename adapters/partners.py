@@ -12,6 +12,7 @@ step within `deadline_s` by the client alone: Celery's `task_time_limit` is not 
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from typing import Any, TypeVar
@@ -103,12 +104,16 @@ class Partners:
         transport: httpx.BaseTransport | None = None,
         meter: Meter = METER,
         deadline_s: float | None = None,
+        verify: ssl.SSLContext | None = None,
     ) -> None:
         self.meter = meter  # where partner outcomes are counted (the process's own by default)
         self._options: dict[str, Any] = {
             "base_url": base_url,
             "timeout": timeout_s,
             "transport": transport,
+            # A private CA and a client certificate (PARTNER_*_FILE, adapters/tls.py); default:
+            # httpx's own verification.
+            "verify": verify if verify is not None else True,
             # A thread makes one call at a time: one kept-alive connection is all it needs.
             "limits": httpx.Limits(max_connections=None, max_keepalive_connections=2),
         }

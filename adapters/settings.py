@@ -126,6 +126,11 @@ class Settings(BaseSettings):
     partner_ca_file: Path | None = None
     partner_cert_file: Path | None = None
     partner_key_file: Path | None = None
+    # The AMQP broker over TLS (amqps://) with a private CA and, if it asks, a client
+    # certificate: Celery's `broker_use_ssl`. Without them amqps:// trusts the system's CAs.
+    broker_ca_file: Path | None = None
+    broker_cert_file: Path | None = None
+    broker_key_file: Path | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -145,8 +150,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _client_cert_and_key_together(self) -> Settings:
-        if bool(self.partner_cert_file) != bool(self.partner_key_file):
-            raise ValueError("PARTNER_CERT_FILE and PARTNER_KEY_FILE: give both or neither")
+        for name in ("partner", "broker"):
+            cert, key = getattr(self, f"{name}_cert_file"), getattr(self, f"{name}_key_file")
+            if bool(cert) != bool(key):
+                who = name.upper()
+                raise ValueError(f"{who}_CERT_FILE and {who}_KEY_FILE: give both or neither")
         return self
 
     @field_validator("redis_sentinels")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
@@ -25,7 +26,7 @@ from celery.signals import (
 )
 from redis import Redis
 
-from adapters import redis_connection
+from adapters import redis_connection, tls
 from adapters.metrics import METER
 from adapters.partners import Partners
 from adapters.settings import get_settings
@@ -60,6 +61,7 @@ def partners() -> Partners:
         s.http_retry_attempts,
         s.http_retry_max_wait_s,
         deadline_s=s.http_call_deadline_s,
+        verify=partner_tls(),
     )
 
 
@@ -73,7 +75,15 @@ def compensation_partners() -> Partners:
         s.compensation_retry_attempts,
         s.http_retry_max_wait_s,
         deadline_s=s.compensation_call_deadline_s,
+        verify=partner_tls(),
     )
+
+
+@cache
+def partner_tls() -> ssl.SSLContext | None:
+    """The partners' private CA and this service's client certificate (PARTNER_*_FILE)."""
+    s = get_settings()
+    return tls.client_context(s.partner_ca_file, s.partner_cert_file, s.partner_key_file)
 
 
 @worker_init.connect
