@@ -13,6 +13,7 @@ import re
 import ssl
 from collections.abc import Callable, Iterable
 
+import httpx
 import psycopg
 from redis import Redis
 from redis.exceptions import AuthenticationError, NoPermissionError
@@ -48,6 +49,12 @@ def cause(exc: BaseException) -> str:
         if isinstance(e, ssl.SSLCertVerificationError):
             return f"TLS: the server's certificate is not trusted ({e.verify_message})"
     for e in chain:
+        if isinstance(e, httpx.RemoteProtocolError) and "disconnected" in str(e):
+            # TLS 1.3: a server that wants a client certificate hangs up after the handshake.
+            return (
+                "TLS: the server hung up without answering (does it require a client "
+                "certificate? PARTNER_CERT_FILE and PARTNER_KEY_FILE)"
+            )
         if isinstance(e, ssl.SSLEOFError) or "CERTIFICATE_REQUIRED" in str(e):
             return (
                 "TLS: the server ended the handshake (does it require a client certificate? "
@@ -83,6 +90,17 @@ def probe_redis(client: Redis, prefix: str) -> Callable[[], object]:
     def probe() -> object:
         client.ping()
         return client.exists(f"{prefix}connection-check")
+
+    return probe
+
+
+def probe_https(url: str, verify: ssl.SSLContext | None) -> Callable[[], object]:
+    """One request to an HTTPS partner gateway with the partners' TLS settings: the answer
+    does not matter, the handshake (the server's certificate, ours if it asks) does."""
+
+    def probe() -> object:
+        with httpx.Client(verify=verify if verify is not None else True, timeout=5) as http:
+            return http.get(url).status_code
 
     return probe
 

@@ -12,11 +12,18 @@ import errno
 import logging
 import os
 
+from celery.beat import Service
 from celery.signals import beat_init, worker_init
 
-from adapters.connection_check import ConnectionCheckFailed, check, probe_archive, probe_redis
+from adapters.connection_check import (
+    ConnectionCheckFailed,
+    check,
+    probe_archive,
+    probe_https,
+    probe_redis,
+)
 from adapters.settings import Settings, get_settings
-from tasks.celery_app import app, redis_client
+from tasks.celery_app import app, partner_tls, redis_client
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +40,7 @@ def _which(setting: str | None, name: str) -> str:
     return name if setting else "REDIS_URL"
 
 
-def check_connections(broker: bool = True) -> None:
+def check_connections(broker: bool = True, partners: bool = False) -> None:
     """Redis (state), the broker, the result backend and the archive: each authenticated and
     verified once. Raises ConnectionCheckFailed naming the first that fails."""
     s = get_settings()
@@ -51,6 +58,8 @@ def check_connections(broker: bool = True) -> None:
         )
     if s.archive_url is not None:
         _try("archive (ARCHIVE_URL)", probe_archive(s.archive_url.get_secret_value()), hidden)
+    if partners and s.gateway_url.startswith("https://"):
+        _try("partners (GATEWAY_URL)", probe_https(s.gateway_url, partner_tls()), hidden)
 
 
 def _probe_broker() -> None:
@@ -84,9 +93,10 @@ def _refused(exc: BaseException | None) -> bool:
 
 @worker_init.connect
 @beat_init.connect
-def _check_at_start(**_: object) -> None:
+def _check_at_start(sender: object = None, **_: object) -> None:
     try:
-        check_connections()
+        # Workers call the partners; beat does not.
+        check_connections(partners=not isinstance(sender, Service))
     except ConnectionCheckFailed as exc:
         # Straight to stderr (Celery may have redirected sys.stderr to its log) and out: a
         # misconfigured connection is not retried until someone notices.
