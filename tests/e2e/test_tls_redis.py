@@ -9,10 +9,12 @@ start with one line naming the connection and the cause.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +23,9 @@ from celery import Celery
 
 from partner_simulator.server import SimulatorServer
 from tests.e2e.api_server import start_door
+from tests.e2e.test_outsider_doors import contract_door_line
 from tests.helpers import book_args, request
+from tests.outsider import Outsider, outsider
 from tests.tls import CA
 from tests.tls_redis import TLSRedis, tls_redis
 from vip_bundles import local_stack
@@ -32,6 +36,11 @@ README = (ROOT / "README.md").read_text()
 ACL_LINE = next(line for line in README.splitlines() if line.startswith("user vip-bundles on "))
 USER, PASSWORD = "vip-bundles", "redis-password"
 API_KEY = "k-tls-" + "7" * 40
+
+
+@pytest.fixture(scope="module")
+def caller(tmp_path_factory: pytest.TempPathFactory) -> Outsider:
+    return outsider(tmp_path_factory.mktemp("outsider"))
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +74,7 @@ def start_worker_on(server_url: str, env: dict[str, str], logdir: Path) -> local
 
 
 def test_the_saga_runs_over_tls_under_exactly_the_readmes_acl(
-    ca: CA, simulator: SimulatorServer, tmp_path: Path
+    ca: CA, simulator: SimulatorServer, tmp_path: Path, caller: Outsider
 ):
     with tls_redis(ca, {}, extra=[ACL_LINE]) as server:
         url = server.url(USER, PASSWORD, db=0)  # the README's channel rule names database 0
@@ -88,7 +97,17 @@ def test_the_saga_runs_over_tls_under_exactly_the_readmes_acl(
                 assert http.get("/metrics").status_code == 200
                 assert http.get("/dashboard.json").status_code == 200
             assert vip_bundles(env, "stats").returncode == 0
-            time.sleep(2.5)  # beat's reconciler and audit run (every second here)
+            # Another service, with stock Celery and nothing of ours: the same URL.
+            outside_id = str(uuid.uuid4())
+            prelude = (
+                "import os\nfrom celery import Celery\n"
+                'REDIS_URL = os.environ["REDIS_URL"]\n'
+                f"request = {json.dumps(request(vip_bundle_id=outside_id))}\n"
+            )
+            caller.run(prelude + contract_door_line(), url)
+            out = vip_bundles(env, "status", outside_id)
+            assert out.returncode == 0 and "finalized" in out.stdout, out.stdout + out.stderr
+            time.sleep(2)  # beat's reconciler and audit run (every second here)
         finally:
             door.stop()
             local_stack.stop_process(beat)
