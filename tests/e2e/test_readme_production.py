@@ -6,7 +6,7 @@ own with the README's ACL user, `pg.internal:5432` -> a TLS PostgreSQL with the 
 user, `gateway.internal` -> the partner simulator over HTTPS asking for a client certificate,
 `/etc/vip-bundles/tls/` -> the test's CA and certificates). The servers are given the
 README's own users and passwords, so a line that does not work fails here. The RabbitMQ lines
-run in tests/reliability/test_tls_rabbitmq.py (a RabbitMQ node of its own is slow to start).
+run in tests/e2e/test_tls_rabbitmq.py (a RabbitMQ node of its own is slow to start).
 """
 
 from __future__ import annotations
