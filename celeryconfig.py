@@ -47,10 +47,14 @@ if broker_url.startswith(("redis://", "rediss://", "sentinel://")):
     if redis_connection.is_sentinel_url(broker_url):
         broker_transport_options.update(_sentinel_options)
         broker_transport = "adapters.broker:SentinelTransport"
+    if redis_connection.is_sentinel_url(broker_url) and _s.redis_url.startswith("rediss://"):
+        broker_use_ssl = redis_connection.celery_use_ssl(_s)  # TLS to the master
 if result_backend.startswith(("redis://", "rediss://", "sentinel://")):
     result_backend_transport_options = _redis_options
     if redis_connection.is_sentinel_url(result_backend):
         result_backend_transport_options = {**_redis_options, **_sentinel_options}
+        if _s.redis_url.startswith("rediss://"):
+            redis_backend_use_ssl = redis_connection.celery_use_ssl(_s)
         # A result written during a failover is retried on the new master, not dropped.
         result_backend_always_retry = True
         result_backend_max_retries = 30

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     redis_sentinels: str | None = None
     redis_sentinel_master: str | None = None
     redis_sentinel_password: SecretStr | None = None  # when the sentinels ask for one
+    # TLS to the sentinels: default, as REDIS_URL (rediss:// -> yes, with its ssl_* params).
+    redis_sentinel_tls: bool | None = None
     # How long a Redis command keeps retrying (with backoff) through a failover before it
     # fails: longer than the sentinels' down-after-milliseconds plus their election.
     redis_failover_wait_s: float = Field(default=30.0, gt=0)

@@ -15,6 +15,7 @@ import os
 from celery.beat import Service
 from celery.signals import beat_init, worker_init
 
+from adapters import redis_connection
 from adapters.connection_check import (
     ConnectionCheckFailed,
     check,
@@ -23,7 +24,7 @@ from adapters.connection_check import (
     probe_redis,
 )
 from adapters.settings import Settings, get_settings
-from tasks.celery_app import app, partner_tls, redis_client
+from tasks.celery_app import app, partner_tls
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,16 @@ def check_connections(broker: bool = True, partners: bool = False) -> None:
     verified once. Raises ConnectionCheckFailed naming the first that fails."""
     s = get_settings()
     hidden = secrets(s)
-    state = "Redis (REDIS_URL, Sentinel)" if s.redis_sentinels else "Redis (REDIS_URL)"
-    _try(state, probe_redis(redis_client(), s.key_prefix), hidden)
+    clients = redis_connection.check_clients(s)
+    try:
+        for name, client in clients:
+            if "Sentinel " in name:  # a sentinel: is it there, does it take our TLS and password
+                _try(name, client.ping, hidden)
+            else:
+                _try(name, probe_redis(client, s.key_prefix), hidden)
+    finally:
+        for _, client in clients:
+            client.close()
     if broker:
         _try(f"broker ({_which(s.broker_url, 'BROKER_URL')})", _probe_broker, hidden)
     backend = app.backend
