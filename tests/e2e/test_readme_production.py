@@ -181,6 +181,7 @@ def test_the_production_sections_tls_and_credential_lines_work_as_written(
         )
         assert shown.returncode == 0 and "redis-password" not in shown.stdout + shown.stderr
         assert "pg-password" not in shown.stdout + shown.stderr
+        (secrets / "redis-url.good").write_text(env["REDIS_URL"])
         # A wrong password from a file: one line, the password in neither.
         (secrets / "redis-url").write_text(env["REDIS_URL"].replace("redis-password", "wrong-pw"))
         out = vip_bundles(file_env, "stats")
@@ -189,6 +190,25 @@ def test_the_production_sections_tls_and_credential_lines_work_as_written(
             "vip-bundles: Redis (REDIS_URL): authentication refused (wrong user or password, "
             "or the user is disabled)"
         )
+        # Flower (the README's line, on the secrets from files) never shows one either.
+        flower_port = local_stack.free_port()
+        flags = ["--address=127.0.0.1", f"--port={flower_port}", "--basic-auth=ops:flower-pw"]
+        flower = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tasks", "flower", *flags],
+            env={**file_env, "REDIS_URL_FILE": str(secrets / "redis-url.good")},
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=local_stack.die_with_parent,
+        )
+        _DOORS.append(flower)
+        local_stack.wait_for_http(f"http://127.0.0.1:{flower_port}/metrics")
+        for page in ("/broker", "/workers", "/api/workers"):
+            shown = httpx.get(
+                f"http://127.0.0.1:{flower_port}{page}", auth=("ops", "flower-pw"), timeout=20
+            )
+            assert shown.status_code == 200, page
+            assert "redis-password" not in shown.text and "pg-password" not in shown.text
         # The door's pages and metrics never show a secret.
         with httpx.Client(base_url=door, headers={"Authorization": f"Bearer {shop_key}"}) as http:
             for page in ("/", "/dashboard.json", f"/vip-bundles/{bundle_id}"):
