@@ -80,13 +80,13 @@ def _try(what: str, probe, hidden: list[str]) -> None:  # type: ignore[no-untype
     try:
         check(what, probe, hidden)
     except ConnectionCheckFailed as exc:
-        if _refused(exc.__context__):
+        if refused(exc.__context__):
             log.warning("%s (will keep trying)", exc)
             return
         raise
 
 
-def _refused(exc: BaseException | None) -> bool:
+def refused(exc: BaseException | None) -> bool:
     """Nothing listening (yet): a plain refused or unreachable connection, not a TLS or
     authentication failure."""
     while exc is not None:

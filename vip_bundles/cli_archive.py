@@ -18,6 +18,7 @@ def _archive_or_exit() -> Any:
     from adapters.connection_check import ConnectionCheckFailed, check, probe_archive
     from adapters.settings import get_settings
     from tasks.archive import archive
+    from tasks.connections import refused
 
     target = archive()
     url = get_settings().archive_url
@@ -27,8 +28,9 @@ def _archive_or_exit() -> Any:
     try:  # once, before the pool (which would retry a bad certificate or password for 10 s)
         check("archive (ARCHIVE_URL)", probe_archive(url.get_secret_value()))
     except ConnectionCheckFailed as exc:
-        sys.stderr.write(f"vip-bundles: {exc}\n")
-        raise typer.Exit(2) from None
+        if not refused(exc.__context__):  # a server that is down: said by the command itself
+            sys.stderr.write(f"vip-bundles: {exc}\n")
+            raise typer.Exit(2) from None
     return target
 
 
