@@ -56,10 +56,7 @@ def cause(exc: BaseException) -> str:
                 "certificate? PARTNER_CERT_FILE and PARTNER_KEY_FILE)"
             )
         if isinstance(e, ssl.SSLEOFError) or "CERTIFICATE_REQUIRED" in str(e):
-            return (
-                "TLS: the server ended the handshake (does it require a client certificate? "
-                "ssl_certfile and ssl_keyfile)"
-            )
+            return "TLS: the server ended the handshake (does it require a client certificate?)"
         if isinstance(e, ssl.SSLError):
             return f"TLS: {e.reason or e}"
         if isinstance(e, AuthenticationError) or "WRONGPASS" in str(e):

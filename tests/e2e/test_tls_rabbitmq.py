@@ -37,7 +37,8 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> CA:
 
 @pytest.fixture(scope="module")
 def rabbit(ca: CA) -> Iterator[TLSRabbit]:
-    with tls_rabbitmq(ca) as node:  # the README's user, password and vhost
+    # The README's user, password and vhost; it requires a client certificate.
+    with tls_rabbitmq(ca, verify_clients=True) as node:
         yield node
 
 
@@ -51,13 +52,18 @@ def test_the_readmes_broker_lines_run_the_saga_over_amqps(
     tls_dir = tmp_path / "tls"
     tls_dir.mkdir()
     shutil.copy(ca.cert, tls_dir / "ca.pem")
-    lines = export_lines(BLOCK, ("BROKER_URL", "BROKER_CA_FILE", "BROKER_QUEUE_TYPE"))
+    client = ca.issue("vip-bundles-amqp-client", client=True)
+    shutil.copy(client.cert, tls_dir / "client.crt")
+    shutil.copy(client.key, tls_dir / "client.key")
+    names = ("BROKER_URL", "BROKER_CA_FILE", "BROKER_CERT_FILE", "BROKER_KEY_FILE")
+    lines = export_lines(BLOCK, (*names, "BROKER_QUEUE_TYPE"))
     broker = run_exports(lines, {"rabbit.internal:5671": f"localhost:{rabbit.port}"}, tls_dir)
     assert broker["BROKER_URL"] == rabbit.url()
     redis_url = claim_db()
     env = local_stack.celery_env(REDIS_URL=redis_url, GATEWAY_URL=simulator.url, **broker)
     control = Celery(broker=broker["BROKER_URL"])
-    control.conf.broker_use_ssl = {"ca_certs": str(ca.cert), "cert_reqs": ssl.CERT_REQUIRED}
+    tls = {"ca_certs": str(ca.cert), "certfile": str(client.cert), "keyfile": str(client.key)}
+    control.conf.broker_use_ssl = {**tls, "cert_reqs": ssl.CERT_REQUIRED}
     worker = local_stack.start_worker(
         env, pool="threads", concurrency=4, logdir=tmp_path, control_app=control
     )
@@ -72,7 +78,7 @@ def test_the_readmes_broker_lines_run_the_saga_over_amqps(
 import ssl
 from celery import Celery
 app = Celery(broker={broker["BROKER_URL"]!r}, backend={redis_url!r})
-app.conf.broker_use_ssl = {{"ca_certs": {str(ca.cert)!r}, "cert_reqs": ssl.CERT_REQUIRED}}
+app.conf.broker_use_ssl = {{**{tls!r}, "cert_reqs": ssl.CERT_REQUIRED}}
 app.conf.task_create_missing_queue_type = "quorum"
 request = {json.dumps(request(vip_bundle_id=bundle_id))}
 print(app.send_task("vip_bundle.book", kwargs=request, queue="vip-bundles").get(timeout=60))
@@ -84,7 +90,7 @@ print(app.send_task("vip_bundle.book", kwargs=request, queue="vip-bundles").get(
     finally:
         worker.stop()
 
-    # A wrong CA or password: the worker does not start, one line naming BROKER_URL.
+    # A wrong CA or password, no client certificate: the worker does not start, in one line.
     other = CA(tmp_path / "other", "other CA")
     for change, cause in (
         (
@@ -96,10 +102,14 @@ print(app.send_task("vip_bundle.book", kwargs=request, queue="vip-bundles").get(
             {"BROKER_URL": rabbit.url(password="wrong-password")},
             "authentication refused (wrong user or password)",
         ),
+        (
+            {"BROKER_CERT_FILE": "", "BROKER_KEY_FILE": ""},
+            "TLS: the server ended the handshake (does it require a client certificate?)",
+        ),
     ):
         done = subprocess.run(
             [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-P", "solo"],
-            env={**env, **change},
+            env={k: v for k, v in {**env, **change}.items() if v},
             capture_output=True,
             text=True,
             timeout=120,
