@@ -14,6 +14,7 @@ import os
 
 from celery.beat import Service
 from celery.signals import beat_init, worker_init
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from adapters import redis_connection
 from adapters.connection_check import (
@@ -87,14 +88,14 @@ def _try(what: str, probe, hidden: list[str]) -> None:  # type: ignore[no-untype
 
 
 def refused(exc: BaseException | None) -> bool:
-    """Nothing listening (yet): a plain refused or unreachable connection, not a TLS or
-    authentication failure."""
+    """Nothing answering (yet): a refused, unreachable or timed-out connection, not a TLS or
+    authentication failure. Such a server is waited for, as before this check."""
     while exc is not None:
-        if isinstance(exc, ConnectionRefusedError) or (
+        if isinstance(exc, (ConnectionRefusedError, TimeoutError, RedisTimeoutError)) or (
             isinstance(exc, OSError) and exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH)
         ):
             return True
-        if "Connection refused" in str(exc) or "Error 111 " in str(exc):
+        if any(text in str(exc) for text in ("Connection refused", "Error 111 ", "timed out")):
             return True
         exc = exc.__cause__ or exc.__context__
     return False

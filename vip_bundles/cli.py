@@ -369,39 +369,6 @@ cli.add_typer(archive_cli, name="archive")
 
 
 def main() -> None:
-    from kombu.exceptions import OperationalError
-    from redis.exceptions import RedisError
+    from vip_bundles.cli_checks import run_checked
 
-    from adapters.connection_check import ConnectionCheckFailed, cause, redact
-
-    try:
-        if _uses_connections(sys.argv[1:]):
-            from tasks.connections import check_connections
-
-            # Each connection tried once first: a bad certificate or password is said in one
-            # line now, not after the retries that carry a command through a failover.
-            check_connections(broker=sys.argv[1] == "book")
-        cli()
-    except ConnectionCheckFailed as failed:
-        print(f"vip-bundles: {failed}", file=sys.stderr)
-        raise SystemExit(1) from None
-    except (RedisError, OperationalError, OSError) as exc:
-        # A connection that failed mid-command: name it (each is tried once more, in order)
-        # and say why in one line, no traceback.
-        from tasks.connections import check_connections
-
-        try:
-            check_connections()
-            line = f"vip-bundles: {redact(cause(exc))}"
-        except ConnectionCheckFailed as failed:
-            line = f"vip-bundles: {failed}"
-        print(line, file=sys.stderr)
-        raise SystemExit(1) from None
-
-
-# Commands that talk to Redis (and `book` to the broker) as soon as they start.
-CONNECTED = {"book", "status", "cancel", "list", "audit", "resume", "stats"}
-
-
-def _uses_connections(args: list[str]) -> bool:
-    return bool(args) and args[0] in CONNECTED and not {"--help", "-h"} & set(args)
+    run_checked(cli, sys.argv[1:])
