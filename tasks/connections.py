@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections.abc import Callable
 
 from celery.beat import Service
 from celery.signals import beat_init, worker_init
@@ -77,7 +78,7 @@ def _probe_broker() -> None:
         conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
 
 
-def _try(what: str, probe, hidden: list[str]) -> None:  # type: ignore[no-untyped-def]
+def _try(what: str, probe: Callable[[], object], hidden: list[str]) -> None:
     try:
         check(what, probe, hidden)
     except ConnectionCheckFailed as exc:
