@@ -110,6 +110,7 @@ def https_gateway(ca: CA, tls_dir: Path) -> Iterator[SimulatorServer]:
         yield sim
 
 
+@pytest.mark.slow  # three TLS servers, a worker, the door, Flower: ~20 s
 def test_the_production_sections_tls_and_credential_lines_work_as_written(
     ca: CA, tls_dir: Path, https_gateway: SimulatorServer, tmp_path: Path
 ):

@@ -73,6 +73,7 @@ def start_worker_on(server_url: str, env: dict[str, str], logdir: Path) -> local
     )
 
 
+@pytest.mark.slow  # a worker, beat, the HTTP door, the CLI and an outside caller: ~15 s
 def test_the_saga_runs_over_tls_under_exactly_the_readmes_acl(
     ca: CA, simulator: SimulatorServer, tmp_path: Path, caller: Outsider
 ):

@@ -59,6 +59,7 @@ def test_the_archive_over_tls_with_verify_full(pg: TLSPostgres, ca: CA):
     assert out.returncode == 0, out.stderr
 
 
+@pytest.mark.slow  # a second PostgreSQL cluster and a worker: ~15 s
 def test_a_bad_certificate_or_password_stops_at_start_in_one_line(
     pg: TLSPostgres, ca: CA, tmp_path: Path
 ):
