@@ -157,6 +157,9 @@ def test_the_production_sections_tls_and_credential_lines_work_as_written(
             assert vip_bundles(env, "status", bundle_id).returncode == 0  # read back from it
         finally:
             worker.stop()
+        logged = worker.logfile.read_text() + (tmp_path / "api.log").read_text()
+        assert "redis-password" not in logged and "pg-password" not in logged
+        assert shop_key not in logged
 
         # The same secrets from files, as the README's second block says.
         assert SECRET_FILES is not None
