@@ -176,7 +176,8 @@ def _tls_redis() -> tuple[local_stack.LocalRedis, local_stack.ClaimedDatabase]:
     from tests.tls_redis import start
 
     workdir = tempfile.TemporaryDirectory(prefix="vip-bundles-bench-tls-")
-    server = start(CA(Path(workdir.name)), {"bench": ("bench-password", "~* &* +@all")})
+    where = Path(workdir.name)
+    server = start(CA(where), {"bench": ("bench-password", "~* &* +@all")}, workdir=where)
     url = server.url("bench", "bench-password", db=0)
     found = local_stack.LocalRedis(
         url, f"started a TLS redis-server on localhost:{server.port}", server.process, None, workdir

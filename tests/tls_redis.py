@@ -104,12 +104,13 @@ def start(
     server: Pair | None = None,
     extra: list[str] | None = None,
     port: int | None = None,
+    workdir: Path | None = None,
 ) -> TLSRedis:
     """A TLS-only redis-server; `users`: name -> (password, ACL rules such as `~* +@all`)."""
     reason = redis_tls_missing()
     if reason:
         missing(reason)
-    workdir = Path(tempfile.mkdtemp(prefix="vip-bundles-tls-redis-"))
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="vip-bundles-tls-redis-"))
     server = server or ca.issue("redis-server")
     client = ca.issue("vip-bundles-client", client=True) if auth_clients != "no" else None
     port = port or local_stack.free_port()
