@@ -362,12 +362,13 @@ def api(
 
     Without API_KEYS it serves loopback only and refuses any other --host.
     """
+    from adapters.connection_check import ConnectionCheckFailed
     from vip_bundles.api import serve
 
     try:
         serve(host=host, port=port)
-    except ValueError as exc:  # refused to start: say why, no traceback
-        console.print(f"[red]vip-bundles api: {exc}[/]", highlight=False)
+    except (ValueError, ConnectionCheckFailed) as exc:  # refused to start: why, no traceback
+        console.print(f"[red]vip-bundles api: {exc}[/]", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -377,4 +378,6 @@ cli.add_typer(archive_cli, name="archive")
 
 
 def main() -> None:
-    cli()
+    from vip_bundles.cli_checks import run_checked
+
+    run_checked(cli, sys.argv[1:])
