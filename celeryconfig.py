@@ -5,7 +5,7 @@ Values come from the environment through `adapters.settings`; see the README for
 
 from kombu import Exchange, Queue
 
-from adapters import redis_connection
+from adapters import redis_connection, tls
 from adapters.settings import get_settings
 
 _s = get_settings()
@@ -47,13 +47,22 @@ if broker_url.startswith(("redis://", "rediss://", "sentinel://")):
     if redis_connection.is_sentinel_url(broker_url):
         broker_transport_options.update(_sentinel_options)
         broker_transport = "adapters.broker:SentinelTransport"
+    if redis_connection.is_sentinel_url(broker_url) and _s.redis_url.startswith("rediss://"):
+        broker_use_ssl = redis_connection.celery_use_ssl(_s)  # TLS to the master
 if result_backend.startswith(("redis://", "rediss://", "sentinel://")):
     result_backend_transport_options = _redis_options
     if redis_connection.is_sentinel_url(result_backend):
         result_backend_transport_options = {**_redis_options, **_sentinel_options}
+        if _s.redis_url.startswith("rediss://"):
+            redis_backend_use_ssl = redis_connection.celery_use_ssl(_s)
         # A result written during a failover is retried on the new master, not dropped.
         result_backend_always_retry = True
         result_backend_max_retries = 30
+# amqps:// with a private CA or a client certificate (BROKER_CA_FILE, ...): Celery's own option.
+if broker_url.startswith("amqps://"):
+    broker_use_ssl = tls.broker_use_ssl(_s.broker_ca_file, _s.broker_cert_file, _s.broker_key_file)
+    if broker_use_ssl is None:
+        broker_use_ssl = True  # the system's CAs (or SSL_CERT_FILE)
 # Refuses task messages it cannot build a request from, instead of stopping the worker.
 worker_consumer = "adapters.broker:Consumer"
 broker_connection_retry_on_startup = True

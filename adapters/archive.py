@@ -23,6 +23,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from process_manager.bundle import FINAL, Bundle, Status
+from process_manager.versions import NewerSchema
 
 MAX_SEARCH = 500  # matches fetched per searched field, as in the Redis store
 MIGRATIONS = "adapters.archive_migrations"
@@ -144,7 +145,7 @@ class BundleArchive:
         rows = self._rows(
             f"SELECT {_COLUMNS} FROM bundles WHERE vip_bundle_id = ANY(%s)", (list(ids),)
         )
-        by_id = {r["vip_bundle_id"]: _bundle(r) for r in rows}
+        by_id = {b.vip_bundle_id: b for b in _readable(rows)}
         return [by_id[i] for i in ids if i in by_id]
 
     def search(self, text: str) -> list[Bundle]:
@@ -159,7 +160,7 @@ class BundleArchive:
             " OR correlation_id = %(t)s) ORDER BY settled_at DESC LIMIT %(n)s",
             {"t": text, "email": text.lower(), "n": 3 * MAX_SEARCH},
         )
-        return [_bundle(r) for r in rows]
+        return _readable(rows)
 
     def list(
         self, status: Status, offset: int = 0, limit: int = 50, tenant: str | None = None
@@ -171,7 +172,7 @@ class BundleArchive:
             " AND (%s::text IS NULL OR tenant = %s) ORDER BY settled_at DESC OFFSET %s LIMIT %s",
             (status.value, tenant, tenant, offset, limit),
         )
-        return [_bundle(r) for r in rows]
+        return _readable(rows)
 
     def count(self, status: Status, tenant: str | None = None) -> int:
         rows = self._rows(
@@ -250,9 +251,20 @@ def _row(bundle: Bundle) -> tuple[Any, ...]:
 
 def _bundle(row: dict[str, Any]) -> Bundle:
     doc = {**row["doc"], "history": row["history"], "drift": row["drift"]}
-    bundle = Bundle.model_validate(doc)
+    bundle = Bundle.from_document(doc)  # NewerSchema: a newer release archived it
     archived_at: datetime = row["archived_at"].astimezone(UTC)
     return bundle.model_copy(update={"starts": dict(row["starts"]), "archived_at": archived_at})
+
+
+def _readable(rows: Iterable[dict[str, Any]]) -> list[Bundle]:
+    """The rows this release reads; a newer release's are left to its own doors."""
+    found = []
+    for row in rows:
+        try:
+            found.append(_bundle(row))
+        except NewerSchema:
+            continue
+    return found
 
 
 def redact(url: str) -> str:

@@ -98,6 +98,10 @@ class Meter:
             (f"step_sum|{step}", seconds),
         )
 
+    def newer_schema(self, what: str) -> None:
+        """A bundle met written by a newer release (once per bundle: tasks/schema_guard.py)."""
+        self._add((f"newer_schema|{what}", 1))
+
     def _add(self, *items: tuple[str, float]) -> None:
         with self._lock:
             for field, amount in items:
@@ -208,6 +212,20 @@ class RedisCollector:
         partners = metrics_partners.snapshots(partner_replies, sums)
         yield from metrics_partners.families(partners, sums)
         yield self._step_durations(sums)
+        yield self._newer_schema(sums)
+
+    @staticmethod
+    def _newer_schema(sums: dict[str, float]) -> Metric:
+        newer = CounterMetricFamily(
+            "vip_bundles_newer_schema",
+            "Bundles left to a newer release: what this one met of a newer schema version "
+            "(once per bundle a day), by what it was (task message, bundle document, event)",
+            labels=["kind"],
+        )
+        for field, n in sorted(sums.items()):
+            if field.startswith("newer_schema|"):
+                newer.add_metric([field.split("|", 1)[1]], n)
+        return newer
 
     @staticmethod
     def _step_durations(sums: dict[str, float]) -> Metric:

@@ -7,6 +7,7 @@ each partner is sent and what its answers mean. A 409 is a business refusal with
 
 from __future__ import annotations
 
+import ssl
 import threading
 from typing import Any, TypeVar
 
@@ -87,12 +88,16 @@ class Partners:
         gate: PartnerGate | None = None,
         undo: bool = False,
         retry_after: RetryAfterPolicy | None = None,
+        verify: ssl.SSLContext | None = None,
     ) -> None:
         self.meter = meter  # where partner outcomes are counted (the process's own by default)
         self._options: dict[str, Any] = {
             "base_url": base_url,
             "timeout": timeout_s,
             "transport": transport,
+            # A private CA and a client certificate (PARTNER_*_FILE, adapters/tls.py); default:
+            # httpx's own verification.
+            "verify": verify if verify is not None else True,
             # A thread makes one call at a time: one kept-alive connection is all it needs.
             "limits": httpx.Limits(max_connections=None, max_keepalive_connections=2),
         }

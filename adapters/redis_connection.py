@@ -11,6 +11,10 @@ write whose reply was lost is not applied twice (adapters/store.py recognises it
 
 Celery (broker, result backend) gets the same sentinels in its own form, `sentinel://` URLs
 with `master_name` in the transport options: the same settings a Door 1 caller uses.
+
+TLS: with a `rediss://` REDIS_URL, its `ssl_*` parameters (CA, client certificate) serve the
+master's connections and, unless REDIS_SENTINEL_TLS=false, the sentinels' too (redis-py's
+`sentinel_kwargs`; Celery's `broker_use_ssl` and `redis_backend_use_ssl`).
 """
 
 from __future__ import annotations
@@ -81,6 +85,33 @@ def redis_client(settings: Settings) -> Redis:
     )
 
 
+def check_clients(settings: Settings) -> list[tuple[str, Redis]]:
+    """Clients for the check at start (adapters/connection_check.py), each named, that try
+    once: a bad certificate or password is an answer, not something to wait out. With
+    Sentinel, the sentinels first, then the master they name."""
+    once = Retry(ExponentialBackoff(), 0)
+    if not settings.redis_sentinels:
+        return [("Redis (REDIS_URL)", Redis.from_url(settings.redis_url, retry=once))]
+    found = sentinel(settings)
+    master = found.master_for(
+        settings.redis_sentinel_master,
+        redis_class=Redis,
+        retry=once,
+        **_master_kwargs(settings.redis_url),
+    )
+    return [
+        *(
+            (
+                f"Redis Sentinel {s.connection_pool.connection_kwargs['host']}:"
+                f"{s.connection_pool.connection_kwargs['port']} (REDIS_SENTINELS)",
+                s,
+            )
+            for s in found.sentinels
+        ),
+        ("Redis (REDIS_URL, Sentinel)", master),
+    ]
+
+
 def follow_master(client: Redis) -> None:
     """Ask the sentinels who the master is now (a no-op without them). A master just demoted
     by a failover still takes writes until the sentinels reconfigure it, and those writes are
@@ -101,7 +132,25 @@ def sentinel(settings: Settings) -> Sentinel:
     }
     if password is not None:
         sentinel_kwargs["password"] = password.get_secret_value()
+    sentinel_kwargs.update(sentinel_tls(settings))
     return Sentinel(settings.sentinel_addresses, sentinel_kwargs=sentinel_kwargs)
+
+
+def tls_params(redis_url: str) -> dict[str, Any]:
+    """The `ssl_*` parameters of a `rediss://` URL ({} for redis://), as redis-py reads them."""
+    if not redis_url.startswith("rediss://"):
+        return {}
+    return {k: v for k, v in parse_url(redis_url).items() if k.startswith("ssl_")}
+
+
+def sentinel_tls(settings: Settings) -> dict[str, Any]:
+    """redis-py's `sentinel_kwargs` for TLS to the sentinels: REDIS_URL's, unless
+    REDIS_SENTINEL_TLS says otherwise."""
+    params = tls_params(settings.redis_url)
+    enabled = settings.redis_sentinel_tls
+    if enabled is None:
+        enabled = bool(params) or settings.redis_url.startswith("rediss://")
+    return {"ssl": True, **params} if enabled else {}
 
 
 def failover_retry(settings: Settings) -> Retry:
@@ -127,6 +176,7 @@ def _master_kwargs(redis_url: str) -> dict[str, Any]:
             kwargs[key] = parsed[key]
     tls = redis_url.startswith("rediss://")
     kwargs["connection_class"] = MasterSSLConnection if tls else MasterConnection
+    kwargs.update(tls_params(redis_url))
     return kwargs
 
 
@@ -139,7 +189,7 @@ def celery_sentinel_url(settings: Settings) -> str:
     The database number goes on every address: kombu and Celery read it (and the password)
     from the first one only, so `sentinel://h1:p1;sentinel://h2:p2/3` would mean database 0.
     """
-    master = _master_kwargs(settings.redis_url)  # TLS (rediss://): not in this URL form
+    master = _master_kwargs(settings.redis_url)  # TLS: not in this URL form (celery_use_ssl)
     auth = ""
     if "password" in master:
         user = quote(master.get("username", ""), safe="")
@@ -153,10 +203,19 @@ def celery_sentinel_url(settings: Settings) -> str:
 def celery_transport_options(settings: Settings) -> dict[str, Any]:
     """The transport options Celery's Sentinel support needs (broker and result backend)."""
     options: dict[str, Any] = {"master_name": settings.redis_sentinel_master}
+    sentinel_kwargs = sentinel_tls(settings)
     password = settings.redis_sentinel_password
     if password is not None:
-        options["sentinel_kwargs"] = {"password": password.get_secret_value()}
+        sentinel_kwargs["password"] = password.get_secret_value()
+    if sentinel_kwargs:
+        options["sentinel_kwargs"] = sentinel_kwargs
     return options
+
+
+def celery_use_ssl(settings: Settings) -> dict[str, Any] | None:
+    """`broker_use_ssl` and `redis_backend_use_ssl` for the master's connections on Sentinel
+    (a `sentinel://` URL carries no TLS parameters); None without TLS."""
+    return tls_params(settings.redis_url) or None
 
 
 def _host(host: str) -> str:

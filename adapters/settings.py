@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from adapters.partner_gate import parse_rate_limits
+
+# Settings that hold a secret (a password in a URL, keys): each may also be given as
+# `<NAME>_FILE`, the path of a file holding it (Docker and Kubernetes secrets), read at start.
+SECRET_SETTINGS = (
+    "redis_url",
+    "broker_url",
+    "result_backend",
+    "archive_url",
+    "api_keys",
+    "redis_sentinel_password",
+)
 
 
 class Settings(BaseSettings):
@@ -30,6 +49,8 @@ class Settings(BaseSettings):
     redis_sentinels: str | None = None
     redis_sentinel_master: str | None = None
     redis_sentinel_password: SecretStr | None = None  # when the sentinels ask for one
+    # TLS to the sentinels: default, as REDIS_URL (rediss:// -> yes, with its ssl_* params).
+    redis_sentinel_tls: bool | None = None
     # How long a Redis command keeps retrying (with backoff) through a failover before it
     # fails: longer than the sentinels' down-after-milliseconds plus their election.
     redis_failover_wait_s: float = Field(default=30.0, gt=0)
@@ -132,6 +153,42 @@ class Settings(BaseSettings):
     def rate_limits(self) -> dict[str, float]:
         return parse_rate_limits(self.partner_rate_limits)
 
+    # Partners over HTTPS with a private CA, and a client certificate (mTLS) where a partner asks
+    # for one: PEM files. Without PARTNER_CA_FILE the system's CAs (or SSL_CERT_FILE) are used.
+    partner_ca_file: Path | None = None
+    partner_cert_file: Path | None = None
+    partner_key_file: Path | None = None
+    # The AMQP broker over TLS (amqps://) with a private CA and, if it asks, a client
+    # certificate: Celery's `broker_use_ssl`. Without them amqps:// trusts the system's CAs.
+    broker_ca_file: Path | None = None
+    broker_cert_file: Path | None = None
+    broker_key_file: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, SecretFiles(settings_cls))
+
+    @field_validator("redis_url", "broker_url", "result_backend")
+    @classmethod
+    def _rediss_verifies_by_default(cls, value: str | None) -> str | None:
+        return verified_rediss(value) if value else value
+
+    @model_validator(mode="after")
+    def _client_cert_and_key_together(self) -> Settings:
+        for name in ("partner", "broker"):
+            cert, key = getattr(self, f"{name}_cert_file"), getattr(self, f"{name}_key_file")
+            if bool(cert) != bool(key):
+                who = name.upper()
+                raise ValueError(f"{who}_CERT_FILE and {who}_KEY_FILE: give both or neither")
+        return self
+
     @field_validator("redis_sentinels")
     @classmethod
     def _sentinels_are_host_ports(cls, value: str | None) -> str | None:
@@ -176,6 +233,43 @@ def host_ports(value: str) -> list[tuple[str, int]]:
             raise ValueError(f"REDIS_SENTINELS: {entry!r} is not host:port")
         pairs.append((host.strip("[]"), int(port)))
     return pairs
+
+
+def verified_rediss(url: str) -> str:
+    """A `rediss://` URL without `ssl_cert_reqs` gets `ssl_cert_reqs=required`: the server's
+    certificate is verified (against `ssl_ca_certs`, else the system's CAs), as redis-py does
+    by default, where Celery would refuse the URL. An explicit value is kept as written."""
+    if not url.startswith("rediss://"):
+        return url
+    query = urlsplit(url).query
+    if any(name == "ssl_cert_reqs" for name, _ in parse_qsl(query)):
+        return url
+    return f"{url}{'&' if query else '?'}ssl_cert_reqs=required"
+
+
+class SecretFiles(PydanticBaseSettingsSource):
+    """`<NAME>_FILE` for every secret setting: the file's content (one trailing newline cut).
+    Giving both `<NAME>` and `<NAME>_FILE` is refused, naming them; so is an unreadable file,
+    naming the variable and the path, never the content."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # all the work is in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for name in SECRET_SETTINGS:
+            env = name.upper()
+            path = os.environ.get(f"{env}_FILE")
+            if not path:
+                continue
+            if os.environ.get(env):
+                raise ValueError(f"{env} and {env}_FILE are both set: give one")
+            try:
+                text = Path(path).read_text()
+            except OSError as exc:
+                raise ValueError(f"{env}_FILE: cannot read {path}: {exc.strerror}") from None
+            found[name] = text.removesuffix("\n").removesuffix("\r")
+        return found
 
 
 @lru_cache(maxsize=1)

@@ -19,9 +19,10 @@ from adapters import store_scripts as scripts
 from adapters.redis_connection import NotReplicated, follow_master
 from adapters.store_queries import STARTS, BundleQueries, as_text, bundle_from_hash
 from adapters.store_retention import BundleArchived, BundleRetention
-from process_manager import saga, transition
+from process_manager import saga, transition, versions
 from process_manager.bundle import FINAL, IN_FLIGHT, Bundle, Status
 from process_manager.messages import Event
+from process_manager.versions import NewerSchema
 
 # Per-minute buckets of (from>to) moves live this long: the dashboard shows the last 15 minutes.
 MOVES_TTL_S = 3600
@@ -159,6 +160,8 @@ class BundleStore(BundleRetention, BundleQueries):
             new.compensation_failures,  # the undo round, for `start`
             new.booking_id if old is None else "",
             self.tomb_field(new.vip_bundle_id) if old is None else "",
+            (new.created_by_release or "") if old is None else "",
+            new.schema_version,
         ]
         for source, event in steps:
             # The target from the table, not from the history: a parked bundle's repeated
@@ -223,11 +226,15 @@ class BundleStore(BundleRetention, BundleQueries):
         """`start` for several steps that one task runs together (a bundle's ticket refunds):
         one round trip counts a start of each; their counts come back in order."""
         args = [len(steps), *(f"{STARTS}{step}" for step in steps), "1" if per_round else "0"]
+        args.append(versions.DOCUMENT)
         reply = self._start(keys=[self._bundle_key(bundle_id)], args=[*args, *runs_in])
         if reply is None:
             raise BundleNotFound(f"no vip bundle {bundle_id}")
         if not reply:
             return None
+        if as_text(reply[0]) == "newer":  # nothing counted: a newer release's to run
+            newer = int(as_text(reply[1]))
+            raise NewerSchema("bundle document", newer, versions.DOCUMENT, bundle_id)
         fields, flat = [as_text(f) for f in reply[: len(steps)]], reply[len(steps) :]
         bundle = bundle_from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
         assert bundle is not None

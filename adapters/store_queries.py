@@ -5,6 +5,7 @@ settled bundles the audit walks. Reads only, each a bounded number of indexed ro
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 
@@ -12,9 +13,15 @@ from redis import Redis
 
 from adapters.store_keys import BundleKeys
 from process_manager.bundle import FINAL, Bundle, Status
+from process_manager.versions import NewerSchema
+
+log = logging.getLogger(__name__)
 
 MAX_SEARCH = 500  # matches fetched per indexed field
 STARTS = "starts:"  # hash fields counting each step's starts
+# The release that created the bundle, kept beside the document: a release before 0.2.0
+# rewrites the document without the fields it does not know, but leaves this hash field be.
+CREATED_BY = "created_by"
 
 
 class BundleQueries(BundleKeys):
@@ -122,24 +129,38 @@ class BundleQueries(BundleKeys):
         return merged[-limit:] if newest else merged[:limit]
 
     def many(self, ids: list[bytes | str]) -> list[Bundle]:
-        """The bundles with these ids that exist, in one round trip."""
+        """The bundles with these ids that exist, in one round trip (those written by a
+        newer release are left out: its own doors list them)."""
         if not ids:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for bundle_id in ids:
-            pipe.hget(self._bundle_key(as_text(bundle_id)), "doc")
-        return [Bundle.model_validate_json(doc) for doc in pipe.execute() if doc]
+            pipe.hmget(self._bundle_key(as_text(bundle_id)), "doc", CREATED_BY)
+        found = []
+        for doc, created_by in pipe.execute():
+            if doc:
+                try:
+                    found.append(Bundle.from_document(doc, _text_or_none(created_by)))
+                except NewerSchema as exc:
+                    log.info("%s", exc)
+        return found
 
 
 def as_text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _text_or_none(value: bytes | str | None) -> str | None:
+    return None if value is None else as_text(value)
+
+
 def bundle_from_hash(fields: Mapping[bytes | str, bytes | str]) -> Bundle | None:
-    """A bundle from its hash: the document plus its `starts:*` counters."""
+    """A bundle from its hash: the document plus its `starts:*` counters. `NewerSchema` for
+    a document a newer release wrote."""
     data = {as_text(k): v for k, v in fields.items()}
     doc = data.get("doc")
     if doc is None:
         return None
     starts = {k.removeprefix(STARTS): int(v) for k, v in data.items() if k.startswith(STARTS)}
-    return Bundle.model_validate_json(doc).model_copy(update={"starts": starts})
+    bundle = Bundle.from_document(doc, _text_or_none(data.get(CREATED_BY)))
+    return bundle.model_copy(update={"starts": starts})

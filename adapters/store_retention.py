@@ -17,7 +17,7 @@ from typing import Any
 
 from redis import Redis
 
-from adapters.store_queries import STARTS, as_text, bundle_from_hash
+from adapters.store_queries import CREATED_BY, STARTS, as_text, bundle_from_hash
 from process_manager.bundle import FINAL, Bundle
 
 
@@ -146,6 +146,9 @@ class BundleRetention:
         ]
         for step, n in bundle.starts.items():
             args += [f"{STARTS}{step}", n]
+        if bundle.created_by_release:  # a hash field like the counters (RESTORE sets them all)
+            args += [CREATED_BY, bundle.created_by_release]
+        args += ["schema", bundle.schema_version]
         return int(self._restore(keys=keys, args=args)) == 1
 
     def memory(self, sample: int = 50) -> MemoryUse:

@@ -13,6 +13,8 @@ TRANSITION = """
 -- ARGV: expected version, new version, doc, new status, score, bundle id, stream maxlen,
 --       moves ttl, created score, in flight ('1' or ''), undo round (for `start`),
 --       booking id ('' but on creation), tombstone field ('' but on creation),
+--       creating release ('' but on creation: kept beside the doc, see store_queries.py),
+--       the document's schema version (kept beside it too, for START),
 --       then for each event applied, in order: name, json ('' = not published),
 --       move ('from>to', '' on creation)
 -- An id whose bundle went to the archive is not created again (idempotency survives it).
@@ -21,11 +23,11 @@ local current = redis.call('HGET', KEYS[1], 'version')
 if current == false then current = '0' end
 if current ~= ARGV[1] then return current end
 redis.call('HSET', KEYS[1], 'version', ARGV[2], 'status', ARGV[4], 'doc', ARGV[3],
-           'round', ARGV[11])
+           'round', ARGV[11], 'schema', ARGV[15])
 if KEYS[2] ~= KEYS[3] then redis.call('ZREM', KEYS[2], ARGV[6]) end
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
 local moved = false
-for i = 14, #ARGV, 3 do
+for i = 16, #ARGV, 3 do
   if ARGV[i + 1] ~= '' then
     redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*',
                'event_name', ARGV[i], 'vip_bundle_id', ARGV[6], 'data', ARGV[i + 1])
@@ -52,6 +54,7 @@ if #KEYS == 9 or #KEYS == 13 then
 end
 -- Search indexes: these fields never change after creation, so they are written once, here.
 if #KEYS >= 11 then
+  if ARGV[14] ~= '' then redis.call('HSET', KEYS[1], 'created_by', ARGV[14]) end
   redis.call('HSET', KEYS[8], ARGV[12], ARGV[6])
   redis.call('ZADD', KEYS[9], ARGV[9], ARGV[6])
   redis.call('ZADD', KEYS[10], ARGV[9], ARGV[6])
@@ -62,14 +65,17 @@ return 'ok'
 START = """
 -- KEYS: bundle hash
 -- ARGV: number of steps n, their n start counter fields, '1' if counted per undo round,
---       statuses the steps may run in...
+--       the newest document schema version the caller reads, statuses the steps may run in...
 -- Only in one of those statuses: count one start of each step, return the counter fields
 -- followed by the whole hash (doc and counters). Else nothing is counted: {} for "not due",
--- false for "no such bundle".
+-- false for "no such bundle", {'newer', version} for a document of a newer schema version
+-- (a newer release wrote it: the caller leaves it alone, and no start is spent on it).
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == false then return false end
 local n = tonumber(ARGV[1])
-for i = n + 3, #ARGV do
+local schema = redis.call('HGET', KEYS[1], 'schema')
+if schema and tonumber(schema) > tonumber(ARGV[n + 3]) then return {'newer', schema} end
+for i = n + 4, #ARGV do
   if ARGV[i] == status then
     local suffix = ''
     if ARGV[n + 2] == '1' then

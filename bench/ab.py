@@ -10,6 +10,8 @@ and after it (a `git worktree` of the older commit, run with its own path first 
 
 `throughput`: saga success over the bare chain, under load (window 2 x concurrency).
 `rollback`: the rollback's p99 over the chain's p99, one flow at a time.
+`--tls`: Redis over TLS (a private TLS-only server, a CA made for the run): the same
+figures against a `--private-redis` run say what TLS costs.
 `floor`: the chain, the floor (bench/floor_tasks.py: the saga's design, none of its code) and
 the saga, under load: floor / chain is the best this design can do here, saga / floor what the
 saga's own code costs on top.
@@ -43,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flows", type=int, default=300, help="flows per section and round")
     p.add_argument("--concurrency", type=int, default=2)
     p.add_argument("--private-redis", action="store_true", help="an own redis-server")
+    p.add_argument(
+        "--tls", action="store_true", help="an own redis-server, TLS only (rediss://, a test CA)"
+    )
     p.add_argument("--pool", default="prefork", help="the workers' pool (prefork, threads)")
     p.add_argument("--processes", type=int, default=1, help="worker processes")
     p.add_argument("--latency-ms", type=int, default=0, help="partner latency")
@@ -61,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         processes=args.processes,
         latency_ms=args.latency_ms,
         jitter_ms=args.jitter_ms,
+        tls=args.tls,
     ) as stack:
         # Imported here: `tasks` reads its settings once, and the stack has just set them.
         from bench.meter import Meter
@@ -99,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             shown += f", saga {cpu[-1][2]:.2f} (workers {cpu[-1][3]:.2f})"
             print(f"round {i + 1}: {shown}, saga / chain {ratios[-1]:.3f}", flush=True)
     shape = f"{args.processes} x {args.pool} -c {args.concurrency}, partners {args.latency_ms} ms"
+    shape += ", Redis over TLS" if args.tls else ""
     print(f"{shape}, window {window}, {args.rounds} rounds of {args.flows} flows")
     if floors:
         _summary("floor / chain", args.concurrency, floors)

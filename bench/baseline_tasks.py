@@ -22,7 +22,7 @@ from celery.canvas import Signature
 
 from adapters.partners import Partners
 from adapters.settings import get_settings
-from tasks.celery_app import app, redis_client
+from tasks.celery_app import app, partner_tls, redis_client
 
 STEPS = 4  # as many tasks as a successful bundle: intake, show, inbound, return (+ finalize)
 NAMESPACE = uuid.UUID("0c9d9a52-6a0e-4b52-8a70-2a9d4a0b1e55")
@@ -44,6 +44,7 @@ def partners() -> Partners:
         s.http_retry_attempts,
         s.http_retry_max_wait_s,
         deadline_s=s.http_call_deadline_s,
+        verify=partner_tls(),
     )
 
 

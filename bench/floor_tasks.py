@@ -31,6 +31,7 @@ from bench.baseline_tasks import book_flight, book_show
 from process_manager import saga, transition
 from process_manager.bundle import IN_FLIGHT, Bundle, Status
 from process_manager.messages import Leg, parse_request
+from process_manager.versions import DOCUMENT, RELEASE
 from tasks.celery_app import app, redis_client
 
 REQUEST: dict[str, Any] = {
@@ -113,12 +114,13 @@ def _transition(bundle_id: str, step: str) -> None:
     ]
     maxlen = get_settings().events_stream_maxlen
     args: list[Any] = [w.version, w.version + 1, w.doc, str(w.status), now, bundle_id, maxlen]
-    args += [MOVES_TTL_S, now, "1" if w.status in IN_FLIGHT else "", 0, "", ""]
+    args += [MOVES_TTL_S, now, "1" if w.status in IN_FLIGHT else "", 0, "", "", "", DOCUMENT]
     for name, message, move in w.events:
         args += [name, message, move]
     if step == "create":
         args[11] = f"booking-{bundle_id}"
         args[12] = st.tomb_field(bundle_id)
+        args[13] = RELEASE  # the creating release, kept beside the document
         keys += [
             st._booking_index(),
             st._email_index(REQUEST["customer_email"]),
@@ -133,7 +135,8 @@ def _start(bundle_id: str, step: str) -> None:
     """The store's guarded start: the step counted only if the bundle is where it runs."""
     st = floor_store()
     runs_in = _writes()[step].left
-    reply = st._start(keys=[st._bundle_key(bundle_id)], args=[1, f"starts:{step}", "0", runs_in])
+    args = [1, f"starts:{step}", "0", DOCUMENT, runs_in]
+    reply = st._start(keys=[st._bundle_key(bundle_id)], args=args)
     if not reply:
         raise RuntimeError(f"floor bundle {bundle_id}: not due for {step}")
 

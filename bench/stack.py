@@ -94,16 +94,20 @@ def running(
     latency_ms: int = 0,
     jitter_ms: int = 0,
     undo_concurrency: int = 0,
+    tls: bool = False,
 ) -> Iterator[Stack]:
     """Start Redis (if need be), the simulator (answering after `latency_ms` +- `jitter_ms`)
     and `processes` workers; stop them and delete the keys. With `undo_concurrency`, the
     workers split the queues as the README's production lines do: `processes` on intake and
     booking, one more (`-c undo_concurrency`) on the compensation queue."""
     url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    found = local_stack.start_redis_server() if private_redis else local_stack.ensure_redis(url)
-    # A database of the run's own on that server: no other worker consumes its queues, and
-    # nothing of anyone else's is touched. Claimed before anything reads the settings.
-    db = local_stack.claim_database(local_stack.server_url_of(found.url))
+    if tls:  # a private TLS-only redis-server (tests/tls_redis.py), database 0 all ours
+        found, db = _tls_redis()
+    else:
+        found = local_stack.start_redis_server() if private_redis else local_stack.ensure_redis(url)
+        # A database of the run's own on that server: no other worker consumes its queues,
+        # and nothing of anyone else's is touched. Claimed before anything reads the settings.
+        db = local_stack.claim_database(local_stack.server_url_of(found.url))
     sim_proc: subprocess.Popen[bytes] | None = None
     workers: list[local_stack.Worker] = []
     logdir: Path | None = Path(tempfile.mkdtemp(prefix="vip-bundles-bench-"))
@@ -163,6 +167,22 @@ def running(
         found.stop()
         if logdir is not None:
             shutil.rmtree(logdir, ignore_errors=True)
+
+
+def _tls_redis() -> tuple[local_stack.LocalRedis, local_stack.ClaimedDatabase]:
+    """A TLS-only redis-server with a CA made now (no client certificate asked for): every
+    process of the run (workers, driver) reaches it with `rediss://...&ssl_ca_certs=...`."""
+    from tests.tls import CA
+    from tests.tls_redis import start
+
+    workdir = tempfile.TemporaryDirectory(prefix="vip-bundles-bench-tls-")
+    where = Path(workdir.name)
+    server = start(CA(where), {"bench": ("bench-password", "~* &* +@all")}, workdir=where)
+    url = server.url("bench", "bench-password", db=0)
+    found = local_stack.LocalRedis(
+        url, f"started a TLS redis-server on localhost:{server.port}", server.process, None, workdir
+    )
+    return found, local_stack.ClaimedDatabase(url, 0, redis.Redis.from_url(url))
 
 
 def worker_settings(pool: str, concurrency: int) -> dict[str, object]:

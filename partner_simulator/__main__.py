@@ -10,7 +10,7 @@ import logging
 import uvicorn
 
 from partner_simulator.app import create_app
-from partner_simulator.server import bind_socket, url_for, uvicorn_config
+from partner_simulator.server import bind_socket, tls_options, url_for, uvicorn_config
 from partner_simulator.state import DEFAULT_MAX_CALLS
 
 log = logging.getLogger("partner_simulator")
@@ -27,12 +27,24 @@ def main(argv: list[str] | None = None) -> None:
         "--jitter-ms", type=int, default=0, help="each call's delay varies by up to +- this"
     )
     parser.add_argument("--max-calls", type=int, default=DEFAULT_MAX_CALLS, help="call log size")
+    # HTTPS (uvicorn's own options): a certificate and key; for client certificates (mTLS)
+    # the CA that signs them and whether one is required.
+    parser.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--ssl-keyfile", help="its private key (PEM)")
+    parser.add_argument("--ssl-ca-certs", help="CA of the client certificates it accepts")
+    parser.add_argument(
+        "--ssl-cert-reqs",
+        choices=["none", "optional", "required"],
+        default="none",
+        help="client certificate: not asked for, optional, or required (mTLS)",
+    )
     args = parser.parse_args(argv)
+    tls = tls_options(args.ssl_certfile, args.ssl_keyfile, args.ssl_ca_certs, args.ssl_cert_reqs)
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # Bind here rather than in uvicorn so the banner shows the real port when --port 0.
     sock = bind_socket(args.host, args.port)
-    url = url_for(args.host, sock.getsockname()[1])
+    url = url_for(args.host, sock.getsockname()[1], "https" if tls else "http")
     log.info(
         "partner simulator listening on %s (latency %d +- %d ms)",
         url,
@@ -46,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(700, 10, 1000)
-    uvicorn.Server(uvicorn_config(app)).run(sockets=[sock])
+    uvicorn.Server(uvicorn_config(app, **tls)).run(sockets=[sock])
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import ctypes
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -40,14 +41,14 @@ def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     return sock
 
 
-def url_for(host: str, port: int) -> str:
+def url_for(host: str, port: int, scheme: str = "http") -> str:
     if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
 
 
 def uvicorn_config(app: Any, **overrides: Any) -> uvicorn.Config:
@@ -62,12 +63,35 @@ def uvicorn_config(app: Any, **overrides: Any) -> uvicorn.Config:
     return uvicorn.Config(app, **{**options, **overrides})
 
 
+def tls_options(
+    certfile: str | None,
+    keyfile: str | None,
+    ca_certs: str | None = None,
+    cert_reqs: str = "none",
+) -> dict[str, Any]:
+    """uvicorn's options to serve HTTPS ({} without a certificate): `cert_reqs` none,
+    optional or required asks partners' callers for a client certificate signed by
+    `ca_certs`."""
+    if not certfile:
+        return {}
+    reqs = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+    options: dict[str, Any] = {"ssl_certfile": certfile, "ssl_keyfile": keyfile}
+    if ca_certs:
+        options["ssl_ca_certs"] = ca_certs
+    options["ssl_cert_reqs"] = reqs[cert_reqs]
+    return options
+
+
 def wait_for_health(
-    url: str, timeout: float = 10.0, alive: Callable[[], bool] | None = None
+    url: str,
+    timeout: float = 10.0,
+    alive: Callable[[], bool] | None = None,
+    client_options: dict[str, Any] | None = None,
 ) -> None:
-    """Poll /_sim/health until it answers; fail early if `alive()` says the server died."""
+    """Poll /_sim/health until it answers; fail early if `alive()` says the server died.
+    `client_options`: httpx.Client's (`verify`, for HTTPS)."""
     deadline = time.monotonic() + timeout
-    with httpx.Client(timeout=1.0) as http:
+    with httpx.Client(timeout=1.0, **(client_options or {})) as http:
         while True:
             try:
                 if http.get(f"{url}/_sim/health").json().get("ok") is True:
@@ -92,7 +116,14 @@ class SimulatorServer:
         latency_ms: int = 0,
         max_calls: int = DEFAULT_MAX_CALLS,
         startup_timeout: float = 10.0,
+        tls: dict[str, Any] | None = None,
+        client_options: dict[str, Any] | None = None,
     ) -> None:
+        """`tls`: uvicorn's options to serve HTTPS (ssl_certfile, ssl_keyfile, and for client
+        certificates ssl_ca_certs and ssl_cert_reqs); `client_options`: httpx.Client's for
+        the simulator's own controls (`verify`, and a client certificate if it asks for one)."""
+        self.tls = tls or {}
+        self.client_options = client_options or {}
         self.host = host
         self.port = port
         self.startup_timeout = startup_timeout
@@ -108,15 +139,15 @@ class SimulatorServer:
         return state
 
     def client(self, timeout: float = 10.0) -> SimulatorClient:
-        return SimulatorClient(self.url, timeout=timeout)
+        return SimulatorClient(self.url, timeout=timeout, **self.client_options)
 
     def start(self) -> Self:
         if self._thread is not None:
             raise RuntimeError("simulator already started")
         sock = bind_socket(self.host, self.port)
         self.port = sock.getsockname()[1]
-        self.url = url_for(self.host, self.port)
-        self._server = uvicorn.Server(uvicorn_config(self.app))
+        self.url = url_for(self.host, self.port, "https" if self.tls else "http")
+        self._server = uvicorn.Server(uvicorn_config(self.app, **self.tls))
         # uvicorn only installs signal handlers on the main thread, so a thread is safe here.
         self._thread = threading.Thread(
             target=self._server.run,
@@ -126,7 +157,9 @@ class SimulatorServer:
         )
         self._thread.start()
         try:
-            wait_for_health(self.url, self.startup_timeout, alive=self._thread.is_alive)
+            wait_for_health(
+                self.url, self.startup_timeout, self._thread.is_alive, self.client_options
+            )
         except BaseException:
             self.stop()
             sock.close()
@@ -207,8 +240,8 @@ def start_subprocess(
 class SimulatorClient:
     """Synchronous client for the /_sim controls and read-only views."""
 
-    def __init__(self, base_url: str, *, timeout: float = 10.0) -> None:
-        self._http = httpx.Client(base_url=base_url, timeout=timeout)
+    def __init__(self, base_url: str, *, timeout: float = 10.0, **options: Any) -> None:
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, **options)
 
     def close(self) -> None:
         self._http.close()

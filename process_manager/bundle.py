@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from process_manager import versions
 from process_manager.messages import BookVipBundle, Leg, Step, utcnow
 
 
@@ -150,6 +151,12 @@ class Bundle(BaseModel):
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     version: int = 0
+    # The document's shape (process_manager/versions.py). A release before 0.2.0 writes none
+    # and drops the fields it does not know when it rewrites a document: read as 1.
+    schema_version: int = versions.ABSENT
+    # The releases that created the bundle and last moved it; None: one before 0.2.0 did.
+    created_by_release: str | None = None
+    moved_by_release: str | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
     # Starts of each step (`saga.start_key` -> count), read with the document from the bundle's
     # hash; never part of the document itself.
@@ -175,6 +182,29 @@ class Bundle(BaseModel):
             inbound_flight_id=str(request.inbound_flight_id),
             return_flight_id=str(request.return_flight_id),
         )
+
+    @classmethod
+    def from_document(
+        cls, doc: str | bytes | dict[str, Any], created_by: str | None = None
+    ) -> Bundle:
+        """A stored document, if this release reads its schema version (else `NewerSchema`).
+
+        `created_by`: the creating release as kept beside the document (the bundle's hash),
+        for a document a release before 0.2.0 rewrote without it.
+        """
+        data = json.loads(doc) if isinstance(doc, str | bytes) else doc
+        bundle_id = data.get("vip_bundle_id")
+        version = versions.check(
+            "bundle document", data.get("schema_version"), versions.DOCUMENT, bundle_id
+        )
+        data = {**data, "schema_version": version}
+        if data.get("created_by_release") is None and created_by:
+            data["created_by_release"] = created_by
+        if version == versions.ABSENT:
+            # Moved last by a release that records no release: whatever the document says
+            # (nothing, written by such a release) is not who moved it.
+            data["moved_by_release"] = None
+        return cls.model_validate(data)
 
     def same_request(self, request: BookVipBundle, tenant: str | None = None) -> bool:
         """True when `request`, from `tenant`, asks for exactly what this bundle was created

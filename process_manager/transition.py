@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from process_manager import versions
 from process_manager.bundle import UNDOING, Bundle, Cancellation, Drift, Failure, HistoryEntry
 from process_manager.messages import (
     BookingFailed_v1,
@@ -65,8 +66,14 @@ def apply(bundle: Bundle, event: Event, now: datetime | None = None) -> Bundle:
             "version": bundle.version + 1,
             "updated_at": now,
             "history": _history(bundle.history, entry),
+            **_written_by_this_release(),
         }
     )
+
+
+def _written_by_this_release() -> dict[str, Any]:
+    # Every write is in this release's shape, and says so (versions.py).
+    return {"schema_version": versions.DOCUMENT, "moved_by_release": versions.RELEASE}
 
 
 # A parked bundle's retry rounds: taken up again, and (no progress) parked again.
@@ -127,6 +134,8 @@ def apply_initial(bundle: Bundle, event: Event) -> Bundle:
             "version": 1,
             "updated_at": bundle.created_at,
             "history": [entry],
+            "created_by_release": versions.RELEASE,
+            **_written_by_this_release(),
         }
     )
 

@@ -9,6 +9,7 @@ from tasks import (  # noqa: F401  (register)
     audit,
     cancel,
     compensation,
+    connections,
     flights,
     intake,
     reconcile,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
@@ -25,7 +26,7 @@ from celery.signals import (
 )
 from redis import Redis
 
-from adapters import redis_connection
+from adapters import redis_connection, tls
 from adapters.deferred import DeferredSteps
 from adapters.metrics import METER
 from adapters.partner_gate import BreakerPolicy, PartnerGate
@@ -33,11 +34,14 @@ from adapters.partner_policy import RetryAfterPolicy
 from adapters.partners import Partners
 from adapters.settings import get_settings
 from adapters.store import BundleStore
+from tasks.schema_guard import SchemaGuardedTask
 
 # One INFO line per partner request is noise at this rate; failures are logged by the steps.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
-app = Celery("vip_bundles")
+# Every task checks the schema version of what it reads first (tasks/schema_guard.py).
+# Importing it also stamps the version on every message this process sends.
+app = Celery("vip_bundles", task_cls=SchemaGuardedTask)
 app.config_from_object("celeryconfig")
 
 
@@ -82,6 +86,7 @@ def _partners(attempts: int, deadline_s: float, undo: bool) -> Partners:
         gate=partner_gate(),
         undo=undo,
         retry_after=RetryAfterPolicy(s.retry_after_default_s, s.retry_after_max_s),
+        verify=partner_tls(),
     )
 
 
@@ -98,6 +103,13 @@ def compensation_partners() -> Partners:
     also go first when a partner's quota is scarce."""
     s = get_settings()
     return _partners(s.compensation_retry_attempts, s.compensation_call_deadline_s, undo=True)
+
+
+@cache
+def partner_tls() -> ssl.SSLContext | None:
+    """The partners' private CA and this service's client certificate (PARTNER_*_FILE)."""
+    s = get_settings()
+    return tls.client_context(s.partner_ca_file, s.partner_cert_file, s.partner_key_file)
 
 
 @worker_init.connect

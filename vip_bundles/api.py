@@ -88,4 +88,9 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
             ", ".join(sorted(config.hosts)),
         )
     app = create_app(listen_host=host)
+    # Every connection tried once before serving: a wrong CA or password stops the door here,
+    # in one line (ConnectionCheckFailed), not on every request after.
+    from tasks.connections import check_connections
+
+    check_connections()
     uvicorn.run(app, host=host, port=port, log_level="info", **SERVER_OPTIONS)

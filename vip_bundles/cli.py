@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from process_manager import versions
+
 cli = typer.Typer(
     help="VIP bundles: show tickets + flights, sold as a Celery saga.",
     no_args_is_help=True,
@@ -145,6 +147,10 @@ def status(vip_bundle_id: str, as_json: Annotated[bool, typer.Option("--json")] 
     console.print(
         f"[bold]{bundle.vip_bundle_id}[/]  status: [bold]{bundle.status}[/]  "
         f"booking: {bundle.booking_id}{archived}"
+    )
+    console.print(
+        f"created by release {versions.release_label(bundle.created_by_release)}, "
+        f"last moved by release {versions.release_label(bundle.moved_by_release)}"
     )
     console.print(f"tickets: {bundle.ticket_ids}")
     console.print(f"flight tickets: { {str(k): v for k, v in bundle.flight_tickets.items()} }")
@@ -356,12 +362,13 @@ def api(
 
     Without API_KEYS it serves loopback only and refuses any other --host.
     """
+    from adapters.connection_check import ConnectionCheckFailed
     from vip_bundles.api import serve
 
     try:
         serve(host=host, port=port)
-    except ValueError as exc:  # refused to start: say why, no traceback
-        console.print(f"[red]vip-bundles api: {exc}[/]", highlight=False)
+    except (ValueError, ConnectionCheckFailed) as exc:  # refused to start: why, no traceback
+        console.print(f"[red]vip-bundles api: {exc}[/]", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -371,4 +378,6 @@ cli.add_typer(archive_cli, name="archive")
 
 
 def main() -> None:
-    cli()
+    from vip_bundles.cli_checks import run_checked
+
+    run_checked(cli, sys.argv[1:])

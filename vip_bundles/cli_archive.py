@@ -15,12 +15,22 @@ archive_cli = typer.Typer(
 
 
 def _archive_or_exit() -> Any:
+    from adapters.connection_check import ConnectionCheckFailed, check, probe_archive
+    from adapters.settings import get_settings
     from tasks.archive import archive
+    from tasks.connections import refused
 
     target = archive()
-    if target is None:
+    url = get_settings().archive_url
+    if target is None or url is None:
         sys.stderr.write("archive: ARCHIVE_URL is not set (nothing leaves Redis without it)\n")
         raise typer.Exit(2)
+    try:  # once, before the pool (which would retry a bad certificate or password for 10 s)
+        check("archive (ARCHIVE_URL)", probe_archive(url.get_secret_value()))
+    except ConnectionCheckFailed as exc:
+        if not refused(exc.__context__):  # a server that is down: said by the command itself
+            sys.stderr.write(f"vip-bundles: {exc}\n")
+            raise typer.Exit(2) from None
     return target
 
 

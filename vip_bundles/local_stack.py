@@ -246,17 +246,20 @@ def start_worker(
     logdir: Path | None = None,
     ready_timeout: float = 60,
     control_app: Celery | None = None,
+    python: str = sys.executable,
+    cwd: Path = ROOT,
 ) -> Worker:
     """Start a worker and wait until it answers a ping.
 
     The ping goes through `control_app` (default: our app, configured from this process's
-    environment), which must use the same broker as the worker.
+    environment), which must use the same broker as the worker. `python` and `cwd` run another
+    release's code (tests/reliability/previous_release.py).
     """
     name = name or f"vip-{os.getpid()}-{free_port()}@localhost"
     logdir = logdir or Path(tempfile.mkdtemp(prefix="vip-bundles-logs-"))
     logfile = logdir / f"{name.split('@')[0]}.log"
     args = [
-        sys.executable,
+        python,
         "-m",
         "celery",
         "-A",
@@ -279,7 +282,7 @@ def start_worker(
     proc = subprocess.Popen(
         args,
         env=env,
-        cwd=ROOT,
+        cwd=cwd,
         start_new_session=True,
         preexec_fn=die_with_parent,
         stdout=subprocess.DEVNULL,
@@ -302,9 +305,11 @@ def start_worker(
     return worker
 
 
-def start_beat(env: dict[str, str], logdir: Path) -> subprocess.Popen[bytes]:
+def start_beat(
+    env: dict[str, str], logdir: Path, python: str = sys.executable, cwd: Path = ROOT
+) -> subprocess.Popen[bytes]:
     args = [
-        sys.executable,
+        python,
         "-m",
         "celery",
         "-A",
@@ -319,7 +324,7 @@ def start_beat(env: dict[str, str], logdir: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         args,
         env=env,
-        cwd=ROOT,
+        cwd=cwd,
         start_new_session=True,
         preexec_fn=die_with_parent,
         stdout=subprocess.DEVNULL,

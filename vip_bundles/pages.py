@@ -9,6 +9,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from process_manager import versions
 from process_manager.bundle import UNDOING, Bundle, HistoryEntry, Status
 from process_manager.messages import Leg
 from vip_bundles.diagram import diagram
@@ -178,4 +179,8 @@ def page_context(bundle: Bundle) -> dict[str, Any]:
         "in_rollback": bool(bundle.failure or bundle.cancellation)
         or bundle.status in (S.ROLLING_BACK, S.FAILED),
         "cancellation": bundle.cancellation,
+        "releases": {
+            "created": versions.release_label(bundle.created_by_release),
+            "moved": versions.release_label(bundle.moved_by_release),
+        },
     }

@@ -69,6 +69,9 @@ def bundle_view(bundle: Bundle) -> dict[str, Any]:
         "last_error": data["last_error"],
         "step_failures": data["step_failures"],
         "compensation_failures": data["compensation_failures"],
+        # The releases that created it and last moved it (null: one before 0.2.0).
+        "created_by_release": data["created_by_release"],
+        "moved_by_release": data["moved_by_release"],
         # What the audit found at the partners after the bundle settled, oldest first.
         "drift": [
             {k: d[k] for k in ("key", "kind", "description", "record", "at")} for d in data["drift"]

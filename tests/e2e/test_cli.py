@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+from process_manager import versions
 from tests.helpers import Saga, book_args, request
 from vip_bundles import local_stack
 
@@ -37,6 +38,8 @@ def test_book_status_and_list(saga: Saga):
     assert out.returncode == 0, out.stderr
     for text in ("FlightBookingFailed_v1", "TicketRefunded_v1", "VipBundleFailed_v1"):
         assert text in out.stdout
+    release = f"created by release {versions.RELEASE}, last moved by release {versions.RELEASE}"
+    assert release in out.stdout
     out = vip_bundles("list", "--status", "failed")
     assert bundle_id in out.stdout
 

@@ -13,6 +13,7 @@ import pytest
 
 from partner_simulator.server import SimulatorClient
 from process_manager import saga as saga_rules
+from process_manager import versions
 from process_manager.bundle import Status
 from tests.e2e.api_server import api_server
 from tests.e2e.browser import chromium_binary, parse, run_chromium
@@ -135,6 +136,9 @@ def test_page_of_a_finalized_bundle_highlights_the_forward_path(
     assert taken == set(pairwise(forward))
     assert "nothing had to be undone" in dom.by_id("compensations").text
     assert len(dom.all("tr", "step")) == 5
+    # Which release created and last moved it (process_manager/versions.py).
+    assert dom.by_id("created-by").text.strip() == versions.RELEASE
+    assert dom.by_id("moved-by").text.strip() == versions.RELEASE
 
 
 def test_page_of_a_cancelled_bundle_shows_the_cancellation_path_and_reason(

@@ -61,6 +61,8 @@ ORDER = [
     "11-archive-kill",
     "11-archive-pg-down",
     "11-archive-redis-kill",
+    "12-mixed-upgrade",
+    "12-mixed-rollback",
 ]
 # Scenarios recorded on another pool carry its name (`1-kill-redelivery-threads`): each is
 # listed right after its prefork run.
@@ -99,7 +101,7 @@ at the partners' real speed (docs/performance.md); the threads runs are marked *
 and their workers run the README's `-c 64` (a scenario that pins one or two slots keeps them),
 so a worker killed mid-step takes up to 64 steps in flight with it.
 
-Run them all (about 12 minutes on 2 cores) and regenerate this page:
+Run them all (about 13 minutes on 2 cores) and regenerate this page:
 
 ```bash
 {RUN_ALL}
@@ -110,6 +112,26 @@ The default `pytest` run skips them (`-m "not slow"`); CI runs both.
 
 # What each scenario shows beyond its numbers.
 NOTES: dict[str, str] = {
+    "12-mixed-upgrade": (
+        "A rolling deploy. Workers and beat of the previous release (the commit in "
+        "`deploy/previous-release`, built from the clone's own history into a venv of its own: "
+        "`tests/reliability/previous_release.py`) run alone, then workers of this release join "
+        "on the same Redis database and queues, a worker of each side is killed (`kill -9`) "
+        "mid-flight and replaced, and the previous release is stopped (worker and beat) with "
+        "bundles still in flight and parked; this release's worker and beat finish them. "
+        "*bundles seen in each status while mixed*: sampled every 0.3 s while both sides ran. "
+        "The drill: *created by this release* (its bundles keep `created_by_release` although "
+        "*created here rewritten by previous* of them were last written by the previous "
+        "release, which drops fields it does not know from the document: the creator is kept "
+        "beside it, in the bundle's hash), *last moved by ...* (`moved_by_release`, trusted "
+        "only in a document of this release's version). Every bundle's stored document and "
+        "what this release reads of it are checked to agree."
+    ),
+    "12-mixed-rollback": (
+        "The same the other way round: this release runs first and writes documents, events and "
+        "messages of the new version, the previous release joins, this release is stopped, and "
+        "the previous release (which knows no versions) finishes every bundle in flight."
+    ),
     "11-archive-kill": (
         "Retention (`vip-bundles archive run` with its clock a week and a day on, batches of 5, "
         "into a PostgreSQL database of the scenario's own). Killed before its first commit: "
@@ -356,6 +378,12 @@ HEALED_BY = [
         "a partner that hangs",
         "the partner client's total deadline per call (each try's timeout cut to what is left), "
         "on any pool; then the saga's usual failure handling",
+    ),
+    (
+        "a deploy: workers of two releases on the same queues, either stopped",
+        "additive changes only (the previous release ignores what it does not know), schema "
+        "versions read one release back, what a release may lose kept beside the document; "
+        "a worker meeting a newer version defers the message to a newer worker",
     ),
     (
         "malformed requests, garbage on the queue",

@@ -21,6 +21,8 @@ from celery import Celery
 
 from adapters import redis_connection
 from adapters.settings import Settings
+from tests.tls import CA
+from tests.tls_redis import tls_binary
 from vip_bundles import local_stack
 
 MASTER_NAME = "vip-ha"
@@ -35,6 +37,7 @@ class Node:
     args: list[str]
     password: str | None = field(default=None, repr=False)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    tls: bool = False  # TLS only (the test's own client does not check the certificate)
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -53,8 +56,13 @@ class Node:
             return False
 
     def client(self) -> redis.Redis:
+        tls = {"ssl": True, "ssl_cert_reqs": "none", "ssl_check_hostname": False}
         return redis.Redis(
-            port=self.port, password=self.password, socket_timeout=5, socket_connect_timeout=1
+            port=self.port,
+            password=self.password,
+            socket_timeout=5,
+            socket_connect_timeout=1,
+            **(tls if self.tls else {}),
         )
 
     def kill(self) -> None:
@@ -75,10 +83,25 @@ class SentinelStack:
         failover_timeout_ms: int = 3000,
         password: str | None = None,
         sentinel_password: str | None = None,
+        tls: CA | None = None,
     ) -> None:
         """`password`: the Redis servers' (requirepass, masterauth); `sentinel_password`:
-        the sentinels' own."""
+        the sentinels' own; `tls`: every node (data and sentinel) TLS only, its certificate
+        from this CA, replication and the sentinels' own links over TLS too."""
         self.password, self.sentinel_password = password, sentinel_password
+        self.ca = tls
+        self._tls_lines: list[str] = []
+        self._binary = shutil.which("redis-server") or "redis-server"
+        if tls is not None:
+            self._binary = tls_binary() or self._binary
+            server = tls.issue("sentinel-stack")
+            self._tls_lines = [
+                f"tls-cert-file {server.cert}",
+                f"tls-key-file {server.key}",
+                f"tls-ca-cert-file {tls.cert}",
+                "tls-auth-clients no",
+                "tls-replication yes",
+            ]
         if shutil.which("redis-server") is None:
             raise FileNotFoundError("redis-server is not on PATH")
         self._tmp = tempfile.TemporaryDirectory(prefix="vip-bundles-sentinel-")
@@ -100,10 +123,14 @@ class SentinelStack:
         workdir = self.root / name
         workdir.mkdir()
         port = local_stack.free_port()
+        listen = ["--port", str(port)]
+        if self.ca is not None:
+            listen = ["--port", "0", "--tls-port", str(port)]
+            for line in self._tls_lines:
+                listen += [f"--{line.split()[0]}", line.split()[1]]
         args = [
-            shutil.which("redis-server") or "redis-server",
-            "--port",
-            str(port),
+            self._binary,
+            *listen,
             "--bind",
             "127.0.0.1",
             "--dir",
@@ -119,7 +146,7 @@ class SentinelStack:
             args += ["--replicaof", "127.0.0.1", str(replica_of)]
         if self.password:
             args += ["--requirepass", self.password, "--masterauth", self.password]
-        node = Node(port, workdir, args, self.password)
+        node = Node(port, workdir, args, self.password, tls=self.ca is not None)
         node.start()
         self.data.append(node)
         return node
@@ -129,8 +156,11 @@ class SentinelStack:
         workdir.mkdir()
         port = local_stack.free_port()
         conf = workdir / "sentinel.conf"
+        listen = f"port {port}\n"
+        if self.ca is not None:
+            listen = f"port 0\ntls-port {port}\n" + "".join(f"{x}\n" for x in self._tls_lines)
         conf.write_text(
-            f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
+            f"{listen}bind 127.0.0.1\ndir {workdir}\n"
             f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n"
             f"sentinel down-after-milliseconds {MASTER_NAME} {down_ms}\n"
             f"sentinel failover-timeout {MASTER_NAME} {failover_ms}\n"
@@ -143,8 +173,8 @@ class SentinelStack:
                 else ""
             )
         )
-        args = [shutil.which("redis-server") or "", str(conf), "--sentinel"]
-        node = Node(port, workdir, args, self.sentinel_password)
+        args = [self._binary, str(conf), "--sentinel"]
+        node = Node(port, workdir, args, self.sentinel_password, tls=self.ca is not None)
         node.start()
         self.sentinels.append(node)
         return node
@@ -159,6 +189,9 @@ class SentinelStack:
         """REDIS_URL: the database number (and password) for the master; its host is the first
         master's, so a process that ignored the sentinels would be caught talking to it."""
         auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        if self.ca is not None:
+            tls = f"?ssl_cert_reqs=required&ssl_ca_certs={self.ca.cert}"
+            return f"rediss://{auth}127.0.0.1:{self.data[0].port}/0{tls}"
         return f"redis://{auth}127.0.0.1:{self.data[0].port}/0"
 
     def env(self) -> dict[str, str]:
@@ -200,6 +233,9 @@ class SentinelStack:
             result_backend_always_retry=True,
             result_backend_max_retries=30,
         )
+        if self.ca is not None:
+            tls = redis_connection.celery_use_ssl(s)
+            app.conf.update(broker_use_ssl=tls, redis_backend_use_ssl=tls)
         return app
 
     # --- observing and faults ---

@@ -32,6 +32,7 @@ from partner_simulator.server import SimulatorClient, start_subprocess
 from process_manager.bundle import FINAL, Bundle, Status
 from tests.helpers import request
 from tests.reliability import invariants
+from tests.reliability.previous_release import PreviousRelease
 from vip_bundles import local_stack
 
 INTAKE, BOOKING, COMPENSATION = "vip-bundles", "vip-bundles.booking", "vip-bundles.compensation"
@@ -108,24 +109,31 @@ class Stack:
             **{**self.env_defaults, **overrides},
         )
 
-    def start_worker(self, name: str, concurrency: int = 4, **env: str) -> local_stack.Worker:
+    def start_worker(
+        self, name: str, concurrency: int = 4, release: PreviousRelease | None = None, **env: str
+    ) -> local_stack.Worker:
+        """A worker of this code, or of `release` (the previous one: test_mixed_fleet.py)."""
         if self.pool == "threads" and concurrency > 2:
             concurrency = THREADS_CONCURRENCY
         worker = local_stack.start_worker(
-            self.env(**env),
+            self.env(**env) if release is None else release.env(self.env(**env)),
             name=f"{self.name}-{name}@localhost",
             concurrency=concurrency,
             pool=self.pool,
             logdir=self.logdir,
             control_app=self.app,
+            **_code_of(release),
         )
         self.workers.append(worker)
         return worker
 
-    def start_beat(self, **env: str) -> subprocess.Popen[bytes]:
+    def start_beat(
+        self, release: PreviousRelease | None = None, **env: str
+    ) -> subprocess.Popen[bytes]:
         beat_dir = self.logdir / f"beat-{len(self.beats)}"
         beat_dir.mkdir()
-        beat = local_stack.start_beat(self.env(**env), beat_dir)
+        environment = self.env(**env) if release is None else release.env(self.env(**env))
+        beat = local_stack.start_beat(environment, beat_dir, **_code_of(release))
         self.beats.append(beat)
         return beat
 
@@ -261,6 +269,11 @@ class Stack:
     def faults_left(self) -> int:
         """Fault rules not yet spent (a held call has taken its rule)."""
         return len(httpx.get(f"{self.sim_url}/_sim/faults", timeout=10).json()["faults"])
+
+
+def _code_of(release: PreviousRelease | None) -> dict[str, Any]:
+    """Which interpreter and tree run a process: ours, or the previous release's."""
+    return {} if release is None else {"python": str(release.python), "cwd": release.src}
 
 
 def received(worker: local_stack.Worker) -> dict[str, str]:

@@ -83,6 +83,7 @@ def test_events_round_trip_with_their_header():
         "published_at",
         "correlation_id",
         "idempotency_key",
+        "schema_version",
     }
     assert message["header"]["event_name"] == "FlightBookingFailed_v1"
     assert parse_event(message) == event

@@ -21,6 +21,7 @@ from starlette.requests import ClientDisconnect
 from adapters.archive import ArchiveUnavailable
 from adapters.redis_connection import NotReplicated
 from process_manager.messages import InvalidRequest
+from process_manager.versions import NewerSchema
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,9 @@ class Errors(BaseModel):
 
 
 ERRORS_422 = {422: {"model": Errors, "description": "every bad field, named"}}
+
+
+RETRY_SOON = {"Retry-After": "5"}
 
 
 def errors_response(status_code: int, errors: list[dict[str, str]], **kw: Any) -> JSONResponse:
@@ -98,6 +102,12 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("%s", exc)  # names no URL or password (adapters/archive.py)
         return errors_response(503, [error("archive", "the archive cannot be reached")])
 
+    async def newer_release(_: Request, exc: Exception) -> Response:
+        # Written by a newer release (a rolling deploy under way): its doors answer for it.
+        log.info("%s", exc)
+        message = "written by a newer release of this service; ask again shortly"
+        return errors_response(503, [error("schema_version", message)], headers=RETRY_SOON)
+
     async def crashed(_: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)
         return errors_response(500, [error("server", "internal error")])
@@ -108,4 +118,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ClientDisconnect, hung_up)
     app.add_exception_handler(RedisError, store_unavailable)
     app.add_exception_handler(ArchiveUnavailable, archive_unavailable)
+    app.add_exception_handler(NewerSchema, newer_release)
     app.add_exception_handler(Exception, crashed)
