@@ -6,9 +6,14 @@ Values come from the environment through `adapters.settings`; see the README for
 from kombu import Exchange, Queue
 
 from adapters import redis_connection, tls
-from adapters.settings import get_settings
+from adapters.settings import SettingsError, get_settings
 
-_s = get_settings()
+try:
+    _s = get_settings()
+except SettingsError as bad:
+    # One line naming the variable, not a traceback (workers, beat, Flower: anything that
+    # loads this configuration).
+    raise SystemExit(f"vip-bundles: bad setting: {bad}") from None
 
 # With REDIS_SENTINELS, Redis is reached through Celery's own Sentinel support (the master's
 # database number and password from REDIS_URL): the same settings a Door 1 caller uses.

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -272,6 +272,24 @@ class SecretFiles(PydanticBaseSettingsSource):
         return found
 
 
+class SettingsError(ValueError):
+    """A setting the process cannot start with: one line naming each variable and what is
+    wrong with it, never its value (it may hold a password)."""
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(settings_problems(exc)) from None
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """`PARTNER_RATE_LIMITS: unknown partner 'flights' (...); HTTP_TIMEOUT_S: ...`."""
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(message if message.startswith(f"{name}:") else f"{name}: {message}")
+    return "; ".join(problems)

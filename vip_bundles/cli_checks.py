@@ -19,8 +19,11 @@ def run_checked(cli: Callable[[], object], args: list[str]) -> None:
     from redis.exceptions import RedisError
 
     from adapters.connection_check import ConnectionCheckFailed, cause, redact
+    from adapters.settings import SettingsError, get_settings
 
     try:
+        if args and not {"--help", "-h"} & set(args):
+            get_settings()  # a bad setting is said in one line before anything starts
         if uses_connections(args):
             from tasks.connections import check_connections
 
@@ -28,6 +31,9 @@ def run_checked(cli: Callable[[], object], args: list[str]) -> None:
             # line now, not after the retries that carry a command through a failover.
             check_connections(broker=args[0] == "book")
         cli()
+    except SettingsError as bad:
+        print(f"vip-bundles: bad setting: {bad}", file=sys.stderr)
+        raise SystemExit(2) from None
     except ConnectionCheckFailed as failed:
         print(f"vip-bundles: {failed}", file=sys.stderr)
         raise SystemExit(1) from None
