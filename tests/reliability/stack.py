@@ -108,8 +108,12 @@ class Stack:
             **{**self.env_defaults, **overrides},
         )
 
-    def start_worker(self, name: str, concurrency: int = 4, **env: str) -> local_stack.Worker:
-        if self.pool == "threads" and concurrency > 2:
+    def start_worker(
+        self, name: str, concurrency: int = 4, exact: bool = False, **env: str
+    ) -> local_stack.Worker:
+        """`exact`: run `-c concurrency` as given (the back-pressure scenarios run the issue's
+        `-P threads -c 16`), not the README's 64 threads."""
+        if self.pool == "threads" and concurrency > 2 and not exact:
             concurrency = THREADS_CONCURRENCY
         worker = local_stack.start_worker(
             self.env(**env),
