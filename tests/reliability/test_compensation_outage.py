@@ -17,6 +17,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
+from itertools import pairwise
+from typing import Any
 
 import pytest
 
@@ -87,6 +89,8 @@ def test_rollbacks_wait_out_a_payments_outage_without_hammering_it(make_stack, r
         f"(target at most 2), per second from the first: {rate}",
         rolled_back_s_after_return=f"last {back_in[-1]} (target {BACK_WITHIN_S}), first "
         f"{back_in[0]}",
+        # The circuit opens in the first second; then one probe per interval (1 s, doubling).
+        probes_s_after_first_call=[round(c["at"] - first_call, 1) for c in _probes(while_down)],
         parked_on_the_way=sum(1 for b in bundles if b.compensation_failures),
     )
 
@@ -98,3 +102,9 @@ def test_rollbacks_wait_out_a_payments_outage_without_hammering_it(make_stack, r
     assert len(while_down) <= 2 * OUTAGE_S, rate
     assert back_in[-1] <= BACK_WITHIN_S, back_in
     assert worker.process.poll() is None
+
+
+def _probes(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The calls after the first burst: each more than half a second after the one before."""
+    at = sorted(calls, key=lambda c: c["at"])
+    return [c for before, c in pairwise(at) if c["at"] - before["at"] > 0.5]
