@@ -40,8 +40,10 @@ BACKOFF = {"PARKED_RETRY_BASE_S": "1", "PARKED_RETRY_MAX_S": "4"}
 BACK_WITHIN_S = 15
 
 
-def test_rollbacks_wait_out_a_payments_outage_without_hammering_it(make_stack, record):
-    st = make_stack("outage", **BACKOFF)
+def test_rollbacks_wait_out_a_payments_outage_without_hammering_it(
+    private_redis, make_stack, record
+):
+    st = make_stack("outage", url=private_redis, **BACKOFF)
     worker = st.start_worker("a", concurrency=THREADS, exact=True)
     st.start_beat(RECONCILE_EVERY_S="1")
     st.sim.fault(PAYMENTS, status=503, rate=1.0)  # down until cleared

@@ -38,8 +38,10 @@ BUNDLES, OUTAGE_S, RETRY_AFTER_S = 20, 10, 2
 QUOTA, QUOTA_BUNDLES = 10, 60
 
 
-def test_a_429_with_retry_after_delays_every_bundle_and_costs_none(make_stack, record):
-    st = make_stack("throttled")
+def test_a_429_with_retry_after_delays_every_bundle_and_costs_none(
+    private_redis, make_stack, record
+):
+    st = make_stack("throttled", url=private_redis)
     worker = st.start_worker("a", concurrency=THREADS, exact=True)
     st.start_beat(RECONCILE_EVERY_S="2")
     st.sim.fault(FLIGHTS, status=429, rate=1.0, retry_after=RETRY_AFTER_S)
@@ -89,8 +91,8 @@ def test_a_429_with_retry_after_delays_every_bundle_and_costs_none(make_stack, r
     assert settled[-1] <= budget_s, settled
 
 
-def test_a_fleet_wide_quota_paces_the_airline_calls(make_stack, record):
-    st = make_stack("quota", PARTNER_RATE_LIMITS=f"transportation-api={QUOTA}")
+def test_a_fleet_wide_quota_paces_the_airline_calls(private_redis, make_stack, record):
+    st = make_stack("quota", url=private_redis, PARTNER_RATE_LIMITS=f"transportation-api={QUOTA}")
     workers = [st.start_worker(n, concurrency=THREADS, exact=True) for n in ("a", "b")]
     st.start_beat(RECONCILE_EVERY_S="2")
     st.sim.set_quota(FLIGHTS, QUOTA)
