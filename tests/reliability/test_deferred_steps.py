@@ -9,7 +9,9 @@
   bookings again nor books (to then cancel) a ticket nobody will fly on.
 - Two workers while every bundle sits in the delayed queue (429 + `Retry-After: 3`): one is
   killed (`kill -9` of its process group). The waiting steps are in Redis, not in the killed
-  worker's memory, so the survivor's releaser takes them up when the airline is due.
+  worker's memory, so the survivor's releaser takes them up when the airline is due. Then a
+  process takes due bundles as a releaser does (`DeferredSteps.take_due`) and is killed -9
+  before sending them: they are leased, not popped, and come back when the lease runs out.
 
 Beat runs with the suite's quiet `STALE_AFTER_S` (an hour): the reconciler heals nothing here,
 and the messages of the killed worker would not come back for an hour (`VISIBILITY_TIMEOUT_S`).
@@ -17,6 +19,8 @@ and the messages of the killed worker would not come back for an hour (`VISIBILI
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections import Counter
 
@@ -33,12 +37,28 @@ from tests.reliability.backpressure import (
     settle_seconds,
     waiting,
 )
-from tests.reliability.stack import reconciled
+from tests.reliability.stack import Stack, reconciled
+from vip_bundles import local_stack
 
 pytestmark = [pytest.mark.slow, ON_THREADS]
 
 DEADLINE_S, LIMIT_S, BUNDLES = 8, 20, 10
 KILL_BUNDLES, KILL_RETRY_AFTER_S, KILL_LIMIT_S = 20, 3, 8
+TAKEN = 5
+# A releaser killed between taking due bundles and sending them (tasks/releaser.py), as a
+# process of its own: it races the surviving worker's releaser for the first due bundles.
+DYING_RELEASER = """
+import os, signal, sys, time
+from redis import Redis
+from adapters.deferred import DeferredSteps
+steps, want = DeferredSteps(Redis.from_url(sys.argv[1]), sys.argv[2]), int(sys.argv[3])
+taken, until = [], time.monotonic() + 20
+while len(taken) < want and time.monotonic() < until:
+    taken += steps.take_due("transportation-api", "forward", want - len(taken))
+    time.sleep(0.01)
+print(" ".join(taken), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
 
 
 def test_a_rate_limit_past_the_booking_deadline_rolls_back_with_that_reason(
@@ -122,6 +142,7 @@ def test_a_worker_killed_while_steps_wait_loses_none_of_them(private_redis, make
     at_kill = {"waiting": waiting(st), "leased": leased(st)}
     doomed.kill()
     killed_at = time.time()
+    taken, taken_at = _take_and_die(st), time.time()
     time.sleep(max(first_send + KILL_LIMIT_S - time.time(), 0))
     st.sim.clear_faults()
     lifted = time.time()
@@ -139,18 +160,37 @@ def test_a_worker_killed_while_steps_wait_loses_none_of_them(private_redis, make
             f"{KILL_LIMIT_S} s from the first send, {KILL_BUNDLES} bundles sent at once",
             f"two workers `-P threads -c {THREADS}` and beat; once every bundle waited in the "
             "delayed queue, `kill -9` of one worker's process group",
+            f"then a process takes up to {TAKEN} due bundles as a releaser does and is killed "
+            "-9 before sending them (LEASE_S=30)",
         ],
         bundles=KILL_BUNDLES,
         at_kill=at_kill,
         killed_s_after_first_send=round(killed_at - first_send, 1),
         flight_calls_after_kill=len(between(flights, killed_at, time.time())),
         finalized_s_after_limit_lifted=f"last {settled[-1]}",
+        taken_by_a_releaser_killed_before_sending=len(taken),
+        those_finalized_s_after_taken=settle_seconds(st, taken, taken_at),
         step_failures=sum(st.bundle(i).step_failures for i in st.submitted),
         reconciled=dict(reconciled(survivor)),
     )
 
     assert at_kill["waiting"] == KILL_BUNDLES, at_kill
+    assert taken, "the dying releaser took nothing"
     assert report.violations == [], str(report)
     assert all(s is Status.FINALIZED for s in statuses.values()), statuses
     assert not reconciled(survivor)
     assert survivor.process.poll() is None
+
+
+def _take_and_die(st: Stack) -> list[str]:
+    """Run DYING_RELEASER; the bundles it took (and left leased)."""
+    done = subprocess.run(
+        [sys.executable, "-c", DYING_RELEASER, st.redis_url, "vip-bundles:", str(TAKEN)],
+        env=st.env(),
+        cwd=local_stack.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == -9, done.stderr
+    return done.stdout.split()
