@@ -96,7 +96,11 @@ if outcome ~= 'fail' then
   return {'closed', state}
 end
 local failures = redis.call('HINCRBY', k, 'failures', 1)
-if state ~= 'closed' then
+if state == 'open' then
+  -- A call let through before the circuit opened, failing late: the outage is known already,
+  -- and must not lengthen the wait for the first probe (only a probe's failure doubles it).
+  return {'open', state}
+elseif state == 'half_open' then
   local open_for = (tonumber(redis.call('HGET', k, 'open_for')) or 0) * 2
   open_for = math.min(math.max(open_for, base), cap)
   redis.call('HSET', k, 'state', 'open', 'open_for', open_for, 'probe_at', now + open_for)

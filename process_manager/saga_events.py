@@ -129,7 +129,7 @@ def step_failed(bundle: Bundle, step: Command, reason: str, out_of_time: bool) -
     )
 
 
-def _give_up(bundle: Bundle, step: Command, reason: str) -> Event | None:
+def _give_up(bundle: Bundle, step: Command, reason: str, in_doubt: bool = True) -> Event | None:
     """The failure event that ends a forward step for good, or None for finalizing.
 
     The step may have reached the partner without an answer: it is in doubt, so a given-up
@@ -137,9 +137,9 @@ def _give_up(bundle: Bundle, step: Command, reason: str) -> Event | None:
     """
     match step:
         case BookShowTickets():
-            return booking_failed(bundle, reason, in_doubt=True)
+            return booking_failed(bundle, reason, in_doubt=in_doubt)
         case BookFlight(leg=leg):
-            return flight_booking_failed(bundle, leg, reason, in_doubt=True)
+            return flight_booking_failed(bundle, leg, reason, in_doubt=in_doubt)
     return None
 
 
@@ -148,11 +148,15 @@ def past_deadline(bundle: Bundle, deadline_s: float, now: datetime) -> bool:
     return (now - bundle.created_at).total_seconds() > deadline_s
 
 
-def out_of_time(bundle: Bundle, step: Command, deadline_s: float, waiting_on: str) -> Event | None:
-    """The booking deadline passed before `step` could be done: give up and roll back (the
-    step may have reached its partner on an earlier try: in doubt, so it is resolved)."""
+def out_of_time(
+    bundle: Bundle, step: Command, deadline_s: float, waiting_on: str, in_doubt: bool = True
+) -> Event | None:
+    """The booking deadline passed before `step` could be done: give up and roll back. In doubt
+    (resolved by re-sending it) only if an earlier try may have reached the partner: a step
+    every try of which was turned away unprocessed (a 429, the gate) booked nothing, and
+    re-sending it would book what the rollback must then cancel."""
     reason = f"booking deadline of {deadline_s:g} s passed, the step still waiting on {waiting_on}"
-    return _give_up(bundle, step, reason)
+    return _give_up(bundle, step, reason, in_doubt)
 
 
 def step_name(command: Command) -> str:

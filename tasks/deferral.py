@@ -50,7 +50,13 @@ def defer(
     """Put `bundle` in `busy.partner`'s delayed queue and end the task that ran `commands`."""
     if not busy.maybe_processed:
         store().forget_starts(bundle.vip_bundle_id, [saga.start_key(bundle, c) for c in commands])
-    wait = spread(busy.wait_s)
+    wait_s = busy.wait_s
+    if busy.reason == "half_open":
+        # A probe is in flight and its answer may close the circuit within one call: look again
+        # after the breaker's first interval, not the whole next one (up to its 10 s cap), which
+        # nothing would cut short once the probe succeeds.
+        wait_s = min(wait_s, get_settings().partner_breaker_open_s)
+    wait = spread(wait_s)
     if not undo:
         wait = max(min(wait, deadline_in(bundle)), 0.0)  # then it gives up, at the deadline
     deferred_steps().defer(bundle.vip_bundle_id, busy.partner, undo=undo, wait_s=wait)

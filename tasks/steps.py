@@ -65,7 +65,7 @@ def due_all(commands: Sequence[C]) -> tuple[Bundle, list[C]] | None:
         log.info("%s: skipped, bundle %s is not due for it", name, bundle_id)
         return None
     bundle, starts = started
-    if not isinstance(first, saga.UNDO_COMMANDS) and _out_of_time(first, bundle):
+    if not isinstance(first, saga.UNDO_COMMANDS) and _out_of_time(first, bundle, starts[0]):
         return None
     limit = 2 * get_settings().max_step_attempts
     if worn := [(c, n) for c, n in zip(commands, starts, strict=True) if c in todo and n > limit]:
@@ -82,9 +82,11 @@ PARTNER_OF_STEP = {
 }
 
 
-def _out_of_time(command: Command, bundle: Bundle) -> bool:
+def _out_of_time(command: Command, bundle: Bundle, starts: int) -> bool:
     """Past the bundle's booking deadline a forward step is not tried again: the saga gives up
-    on it (the bundle rolls back, saying so). True when it did."""
+    on it (the bundle rolls back, saying so). True when it did. `starts` counts this start: a
+    wait that reached no partner takes its start back (tasks/deferral.py), so an earlier start
+    left means an earlier try may have reached the partner (in doubt)."""
     deadline_s = get_settings().booking_deadline_s
     partner = PARTNER_OF_STEP.get(type(command))
     if partner is None or not saga.past_deadline(bundle, deadline_s, utcnow()):
@@ -92,7 +94,7 @@ def _out_of_time(command: Command, bundle: Bundle) -> bool:
     applied = store().apply(
         command.vip_bundle_id,
         lambda b: (
-            saga.out_of_time(b, command, deadline_s, partner)
+            saga.out_of_time(b, command, deadline_s, partner, in_doubt=starts > 1)
             if saga.is_pending(b, command)
             else None
         ),

@@ -45,6 +45,17 @@ def make_stack(redis_url: str, logdir: Path, worker_pool: str) -> Iterator[Calla
 
 
 @pytest.fixture
+def private_redis() -> Iterator[str]:
+    """The URL of a `redis-server` of the scenario's own. Ask for it before `make_stack` (so it
+    stops after the stack's workers): a database claimed on the shared test Redis is only as
+    private as every other run's claim logic (a benchmark's messages were once seen there, and
+    the database emptied mid-scenario)."""
+    server = local_stack.start_redis_server()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
 def record(request: pytest.FixtureRequest, worker_pool: str) -> Callable[..., None]:
     """`record(key, title, report, faults=[...], **figures)`: keep the scenario's figures
     (under `key-threads`, titled "... (-P threads)", when its workers ran on threads)."""

@@ -110,10 +110,17 @@ class Stack:
         )
 
     def start_worker(
-        self, name: str, concurrency: int = 4, release: PreviousRelease | None = None, **env: str
+        self,
+        name: str,
+        concurrency: int = 4,
+        exact: bool = False,
+        release: PreviousRelease | None = None,
+        **env: str,
     ) -> local_stack.Worker:
-        """A worker of this code, or of `release` (the previous one: test_mixed_fleet.py)."""
-        if self.pool == "threads" and concurrency > 2:
+        """A worker of this code, or of `release` (the previous one: test_mixed_fleet.py).
+        `exact`: run `-c concurrency` as given (the back-pressure scenarios run the issue's
+        `-P threads -c 16`), not the README's 64 threads."""
+        if self.pool == "threads" and concurrency > 2 and not exact:
             concurrency = THREADS_CONCURRENCY
         worker = local_stack.start_worker(
             self.env(**env) if release is None else release.env(self.env(**env)),

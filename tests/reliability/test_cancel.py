@@ -3,7 +3,8 @@
 - a cancel racing each forward step while the step is held at its partner;
 - a cancel whose undos are at the partner when the worker is killed (`kill -9`);
 - every cancel delivered twice;
-- cancels during a payments outage: the bundles park, then heal into `cancelled`;
+- cancels during a payments outage: the bundles wait (parked, or behind the payments circuit
+  in its delayed queue), then heal into `cancelled`;
 - 120 bundles, most cancelled at random moments, while every partner misbehaves.
 
 A cancelled bundle is checked like a failed one (tests/reliability/invariants.py): nothing left
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 
 from process_manager.bundle import FINAL, Bundle, Status
-from tests.reliability.stack import POOLS, SETTLED, Stack, log_count, reconciled
+from tests.reliability.stack import POOLS, Stack, log_count, reconciled
 
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("worker_pool", POOLS)]
 
@@ -188,16 +189,24 @@ def test_a_cancel_delivered_twice_is_one_cancel(make_stack, record):
     assert report.violations == [], str(report)
 
 
-def test_cancels_during_a_payments_outage_park_then_finish(make_stack, record):
+# How long payments stay down: time for the refunds' failures to open the payments circuit
+# and for the first probes to fail (1 s, then 2 s).
+CANCEL_OUTAGE_S = 8
+
+
+def test_cancels_during_a_payments_outage_wait_then_finish(make_stack, record):
     st = make_stack("cancel-outage", PARKED_RETRY_BASE_S="1", PARKED_RETRY_MAX_S="4")
     worker = st.start_worker("w", concurrency=4)
     ids = [st.book() for _ in range(6)]
     st.wait(ids, until=FINAL, timeout=60)
     st.sim.fault(PAYMENTS, status=503, rate=1.0)  # down until cleared
     answers = [st.send_cancel(b, "outage test").get(timeout=30) for b in ids]
-    st.wait(until=SETTLED, timeout=120)
-    during = st.check(allow_parked=True)
-    parked = [st.bundle(b) for b in ids]
+    # The refunds fail until the payments circuit opens for the whole fleet (issue 24); then
+    # they wait in payments' delayed queue (`cancelling`) or, if their retries ran out first,
+    # park (`compensation_failed`). Either way nothing ends and nothing is refunded.
+    time.sleep(CANCEL_OUTAGE_S)
+    waited = [st.bundle(b) for b in ids]
+    refunded = [c for c in st.sim.calls(REFUNDS) if c["status"] < 300]
 
     statuses, healed_in_s = st.heal()
     report = st.check()
@@ -207,22 +216,24 @@ def test_cancels_during_a_payments_outage_park_then_finish(make_stack, record):
         "Cancel during a payments outage",
         report,
         faults=[
-            f"{len(ids)} finalized bundles cancelled while payments answer 503 to every call",
+            f"{len(ids)} finalized bundles cancelled while payments answer 503 to every call "
+            f"(for {CANCEL_OUTAGE_S} s after the cancels were answered)",
             "payments back, then a real celery beat (RECONCILE_EVERY_S=1, PARKED_RETRY_BASE_S=1)",
         ],
         bundles=len(ids),
-        during_outage=during.as_dict(),
+        status_during_outage=dict(Counter(str(b.status) for b in waited)),
         healed_after_payments_back_s=round(healed_in_s, 1),
         compensation_failures=sum(b.compensation_failures for b in bundles),
     )
 
     assert all(a["status"] == "cancelling" for a in answers)
-    assert during.violations == [], str(during)
-    assert during.counts.parked == len(ids)
-    assert all(b.status is Status.COMPENSATION_FAILED and b.cancellation for b in parked)
+    waiting = {Status.CANCELLING, Status.COMPENSATION_FAILED}
+    assert all(b.status in waiting and b.cancellation for b in waited), waited
+    assert refunded == []
     assert set(statuses.values()) == {Status.CANCELLED}, str(report)
     # A parked cancellation resumes as a cancellation, never as a rollback.
-    assert all("CancellationResumed" in [h.event for h in b.history] for b in bundles)
+    parked = [b for b in bundles if b.compensation_failures]
+    assert all("CancellationResumed" in [h.event for h in b.history] for b in parked)
     assert all("RollbackResumed" not in [h.event for h in b.history] for b in bundles)
     assert report.violations == [], str(report)
     assert worker.process.poll() is None
