@@ -180,3 +180,15 @@ def test_a_503_with_retry_after_is_honoured_and_counts_as_a_failure(
         client.refund(payment_reference="t1", reason="test", deduplication_id=uuid.uuid4().hex)
     assert busy.value.wait_s == 1 and busy.value.maybe_processed
     assert gate.state("payments-api")["failures"] == "1"
+
+
+def test_calls_failing_late_while_the_circuit_is_open_do_not_delay_the_first_probe(
+    gate: PartnerGate,
+):
+    for _ in range(3):
+        gate.report(FLIGHTS, "fail")  # opens: the first probe in open_s (0.3 s)
+    for _ in range(5):
+        gate.report(FLIGHTS, "fail")  # calls let through before it opened, failing late
+    assert float(gate.state(FLIGHTS)["open_for"]) == pytest.approx(0.3)
+    time.sleep(0.35)
+    assert gate.acquire(FLIGHTS, undo=False).state == "half_open"  # the probe goes

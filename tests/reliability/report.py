@@ -334,7 +334,7 @@ NOTES: dict[str, str] = {
         "ends `failed`, nothing leaked."
     ),
 }
-NOTES.update(NOTES_BACKPRESSURE)  # scenarios 4 and 12, issue 24
+NOTES.update(NOTES_BACKPRESSURE)  # scenarios 4 and 13, issue 24
 
 HEALED_BY = [
     (

@@ -204,3 +204,20 @@ def test_a_final_bundle_cannot_be_resumed():
     done = transition.apply(b, saga.finalized(b))
     with pytest.raises(saga.IllegalTransition):
         transition.apply(done, saga.resumed(done, by="k-ops"))
+
+
+def test_a_step_given_up_at_the_deadline_is_in_doubt_only_if_a_try_may_have_reached_it():
+    b = booked_until(Status.BOOKING_MADE)
+    step = BookFlight(vip_bundle_id=b.vip_bundle_id, leg=Leg.INBOUND)
+    turned_away = transition.apply(
+        b, saga.out_of_time(b, step, 900, "transportation-api", in_doubt=False)
+    )
+    assert turned_away.status is Status.ROLLING_BACK
+    assert turned_away.failure is not None and not turned_away.failure.in_doubt
+    assert "booking deadline of 900 s passed" in turned_away.failure.reason
+    # Nothing to resolve: the leg booked nothing, so nothing is re-sent to find out.
+    assert not any(isinstance(c, ResolveBooking) for c in saga.pending_compensations(turned_away))
+    maybe = transition.apply(b, saga.out_of_time(b, step, 900, "transportation-api"))
+    assert ResolveBooking(vip_bundle_id=b.vip_bundle_id, step=Step.INBOUND) in (
+        saga.pending_compensations(maybe)
+    )
