@@ -102,6 +102,12 @@ class Settings(BaseSettings):
     # How often the console refreshes its numbers (from /dashboard.json).
     console_refresh_s: float = Field(default=5.0, gt=0)
 
+    # Traces (adapters/telemetry.py; set up by the OTEL_* variables): the timeline page and
+    # `vip-bundles status` link a bundle's trace here, e.g.
+    # `https://grafana.example/explore?traceId={trace_id}`. Log lines: LOG_FORMAT=json for
+    # one JSON object a line (read by adapters/telemetry.py itself, before settings load).
+    trace_url_template: str | None = None
+
     @field_validator("redis_sentinels")
     @classmethod
     def _sentinels_are_host_ports(cls, value: str | None) -> str | None:

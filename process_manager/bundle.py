@@ -150,6 +150,10 @@ class Bundle(BaseModel):
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     version: int = 0
+    # The W3C trace context of the work that took the bundle in (adapters/telemetry.py):
+    # later work that starts from the stored bundle (a cancel, the reconciler, an operator's
+    # resume) joins the bundle's trace through it. None when tracing is off.
+    traceparent: str | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
     # Starts of each step (`saga.start_key` -> count), read with the document from the bundle's
     # hash; never part of the document itself.
@@ -160,7 +164,11 @@ class Bundle(BaseModel):
 
     @classmethod
     def from_request(
-        cls, request: BookVipBundle, correlation_id: str | None = None, tenant: str | None = None
+        cls,
+        request: BookVipBundle,
+        correlation_id: str | None = None,
+        tenant: str | None = None,
+        traceparent: str | None = None,
     ) -> Bundle:
         bundle_id = str(request.vip_bundle_id or uuid.uuid4())
         return cls(
@@ -174,6 +182,7 @@ class Bundle(BaseModel):
             passengers=list(request.passengers),
             inbound_flight_id=str(request.inbound_flight_id),
             return_flight_id=str(request.return_flight_id),
+            traceparent=traceparent,
         )
 
     def same_request(self, request: BookVipBundle, tenant: str | None = None) -> bool:

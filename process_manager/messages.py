@@ -234,6 +234,9 @@ class EventHeader(BaseModel):
     published_at: datetime = Field(default_factory=utcnow)
     correlation_id: str
     idempotency_key: str
+    # The W3C trace context of the work that published it (adapters/telemetry.py), so a
+    # consumer can continue the bundle's trace; absent when tracing is off.
+    traceparent: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -268,7 +271,10 @@ class Event(BaseModel):
         return self.model_dump(mode="json", exclude={"header"})
 
     def to_message(self) -> dict[str, Any]:
-        return {"header": self.header.model_dump(mode="json"), "payload": self.payload()}
+        header = self.header.model_dump(mode="json")
+        if header["traceparent"] is None:
+            del header["traceparent"]  # tracing off: the header as it always was
+        return {"header": header, "payload": self.payload()}
 
 
 class VipBundleInitialized_v1(Event):
