@@ -25,11 +25,13 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pythonjsonlogger.json import JsonFormatter
 
+T = TypeVar("T")
 _on = False  # tracing set up in this process
 _set_up_in = 0  # the process (pid) that ran `setup_tracing`: a forked child sets up anew
 _tracer: Any = None
@@ -225,16 +227,29 @@ def _bundle_span(
     attrs = {f"vip_bundle.{k}": v for k, v in attributes.items() if v is not None}
     attrs["vip_bundle.id"] = vip_bundle_id
     parent, links = None, []
+    asking = trace.get_current_span().get_span_context()
     if stored:
         parent = TraceContextTextMapPropagator().extract({"traceparent": stored})
-        asking = trace.get_current_span().get_span_context()
-        if (
-            asking.is_valid
-            and asking.trace_id != trace.get_current_span(parent).get_span_context().trace_id
-        ):
+        own = trace.get_current_span(parent).get_span_context()
+        if asking.is_valid and asking.trace_id == own.trace_id:
+            parent = None  # already in the bundle's trace (a cancel taking it up): a child
+        elif asking.is_valid:
             links.append(trace.Link(asking, {"vip_bundle.link": "requested_by"}))
     with _tracer.start_as_current_span(name, context=parent, links=links, attributes=attrs) as s:
         yield s
+
+
+def thread_pool(max_workers: int, thread_name_prefix: str) -> ThreadPoolExecutor:
+    """A thread pool whose calls run in the submitter's context (its span, its bundle) when
+    tracing is on: a partner call made from the pool is then a child of its step's span."""
+    if not _on:
+        return ThreadPoolExecutor(max_workers, thread_name_prefix)
+    return _ContextPool(max_workers, thread_name_prefix)
+
+
+class _ContextPool(ThreadPoolExecutor):
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        return super().submit(contextvars.copy_context().run, fn, *args, **kwargs)
 
 
 def trace_id_of(traceparent: str | None) -> str | None:

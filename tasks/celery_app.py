@@ -93,7 +93,8 @@ def io_pool() -> ThreadPoolExecutor:
     the tickets of one leg): side by side, an undo waits for its slowest call, not their sum."""
     # Shared by every task thread of a `-P threads` process: sized for many undos at once
     # (threads are only started as calls need them).
-    return ThreadPoolExecutor(max_workers=64, thread_name_prefix="vip-bundles-io")
+    # (With tracing on, its calls carry their task's trace context.)
+    return telemetry.thread_pool(max_workers=64, thread_name_prefix="vip-bundles-io")
 
 
 @worker_process_init.connect

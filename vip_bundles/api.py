@@ -68,9 +68,18 @@ def create_app(api_keys: str | None = None, listen_host: str | None = None) -> F
         app.add_middleware(
             OpenTelemetryMiddleware,
             server_request_hook=_no_query,
+            default_span_details=_span_name,
             exclude_spans=["receive", "send"],
         )
     return app
+
+
+def _span_name(scope: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    # The route, not the path: one span name for every bundle (`/vip-bundles/{id}/cancel`).
+    parts = scope.get("path", "").split("/")
+    if len(parts) > 2 and parts[1] == "vip-bundles":
+        parts[2] = "{vip_bundle_id}"
+    return f"{scope.get('method', 'HTTP')} {'/'.join(parts)}", {}
 
 
 def _no_query(span: Any, scope: dict[str, Any]) -> None:

@@ -1,0 +1,365 @@
+"""One bundle, followed across every process: its trace, as an OTLP receiver gets it.
+
+A stack of its own (a Redis database, the simulator, a prefork `celery worker`, `celery beat`
+and `vip-bundles api`, each a process of its own) with the OTEL_* variables pointing at an
+OTLP/HTTP receiver in this test process, and LOG_FORMAT=json. Bundles go in through the HTTP
+door; the receiver's spans must make one tree per bundle, joined across processes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from celery import Celery
+
+from adapters.store import BundleStore
+from partner_simulator.server import SimulatorClient, wait_for_health
+from process_manager.bundle import Bundle, Status
+from process_manager.messages import example_request
+from tests.conftest import SERVER_URL
+from tests.e2e.api_server import Door, start_door
+from tests.otlp_receiver import OtlpHttpReceiver, Span, tree
+from vip_bundles import local_stack
+
+API_KEY = "trace-test-key-0123456789abcdefghijklmnop"
+TRACE_URL = "https://grafana.example/explore?traceId={trace_id}"
+# Personal data the requests carry: no log line of any process may show it.
+EMAIL, PASSENGERS = "zelda.quist@example.org", ["Zelda Quist", "Yorick Quist"]
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+@dataclass
+class Stack:
+    receiver: OtlpHttpReceiver
+    door: Door
+    sim: SimulatorClient
+    store: BundleStore
+    worker: local_stack.Worker
+    logdir: Path
+    env: dict[str, str]
+
+    def client(self) -> httpx.Client:
+        return self.door.client(API_KEY)
+
+    def wait(self, bundle_id: str, until: set[Status], timeout: float = 30) -> Bundle:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (b := self.store.get(bundle_id)) is not None and b.status in until:
+                return b
+            time.sleep(0.05)
+        raise AssertionError(f"{bundle_id} not in {until}: {self.store.get(bundle_id)}")
+
+    def book(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> str:
+        with self.client() as http:
+            answer = http.post("/book-vip-bundle", json=body, headers=headers or {})
+        assert answer.status_code == 201, answer.text
+        return str(answer.json()["vip_bundle_id"])
+
+    def bundle_trace(self, bundle: Bundle, until: set[str]) -> list[Span]:
+        """Every span of the bundle's trace, once spans named `until` are all in."""
+        trace_id = trace_of(bundle)
+        self.receiver.wait_for(
+            lambda spans: until <= {s.name for s in spans if s.trace_id == trace_id}
+        )
+        time.sleep(0.3)  # the last batches (the partner calls end before their step)
+        return self.receiver.trace(trace_id)
+
+
+def trace_of(bundle: Bundle) -> str:
+    assert bundle.traceparent, "the bundle stored no trace context"
+    return bundle.traceparent.split("-")[1]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    logdir = tmp_path_factory.mktemp("traced")
+    db = local_stack.claim_database(SERVER_URL)
+    sim_port = local_stack.free_port()
+    with OtlpHttpReceiver() as receiver:
+        env = local_stack.celery_env(
+            REDIS_URL=db.url,
+            GATEWAY_URL=f"http://127.0.0.1:{sim_port}",
+            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
+            OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+            OTEL_BSP_SCHEDULE_DELAY="100",  # spans leave within 0.1 s: the test waits less
+            LOG_FORMAT="json",
+            API_KEYS=f"{API_KEY}:book+read+operate",
+            TRACE_URL_TEMPLATE=TRACE_URL,
+            ARCHIVE_URL="",
+        )
+        env.pop("OTEL_SERVICE_NAME", None)
+        sim_log = open(logdir / "simulator.log", "w")  # noqa: SIM115 (closed below)
+        sim_proc = subprocess.Popen(
+            [sys.executable, "-m", "partner_simulator", "--port", str(sim_port)],
+            env=env,
+            stdout=sim_log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=local_stack.die_with_parent,
+        )
+        control = Celery(broker=db.url, backend=db.url)
+        started: list[Any] = []
+        try:
+            wait_for_health(
+                f"http://127.0.0.1:{sim_port}", 15, alive=lambda: sim_proc.poll() is None
+            )
+            worker = local_stack.start_worker(
+                env, "traced@localhost", 4, logdir=logdir, control_app=control
+            )
+            started.append(worker)
+            beat = local_stack.start_beat(env, logdir)
+            door = start_door(logdir, env)
+            started += [door, beat]
+            client = redis.Redis.from_url(db.url)
+            yield Stack(
+                receiver,
+                door,
+                SimulatorClient(f"http://127.0.0.1:{sim_port}"),
+                BundleStore(client),
+                worker,
+                logdir,
+                env,
+            )
+        finally:
+            for process in reversed(started):
+                if isinstance(process, subprocess.Popen):
+                    local_stack.stop_process(process)  # type: ignore[arg-type]
+                else:
+                    process.stop()
+            sim_proc.terminate()
+            sim_proc.wait()
+            sim_log.close()
+            db.release()
+
+
+def by_name(spans: list[Span], name: str) -> list[Span]:
+    return [s for s in spans if s.name == name]
+
+
+def one(spans: list[Span], name: str, **attributes: Any) -> Span:
+    found = [
+        s
+        for s in by_name(spans, name)
+        if all(s.attributes.get(k) == v for k, v in attributes.items())
+    ]
+    assert len(found) == 1, f"{name} {attributes}: {len(found)} spans\n" + "\n".join(tree(spans))
+    return found[0]
+
+
+def run_span(spans: list[Span], task: str, after: Span, **attributes: Any) -> Span:
+    """The span of a task run, its parent the publish span sent from `after`."""
+    run = one(spans, f"run/{task}", **attributes)
+    ids = {s.span_id: s for s in spans}
+    publish = ids.get(run.parent_id)
+    assert publish is not None and publish.name == f"apply_async/{task}", "\n".join(tree(spans))
+    assert publish.parent_id == after.span_id, "\n".join(tree(spans))
+    return run
+
+
+def assert_joined(spans: list[Span], root_parent: str = "") -> None:
+    """One tree: every span's parent is in the trace (but the root's, the caller's span)."""
+    ids = {s.span_id for s in spans}
+    orphans = [s for s in spans if s.parent_id not in ids and s.parent_id != root_parent]
+    assert not orphans, f"orphans {[s.name for s in orphans]}\n" + "\n".join(tree(spans))
+    assert len({s.trace_id for s in spans}) == 1
+
+
+def partner_calls(spans: list[Span], step: Span) -> list[Span]:
+    return [
+        s
+        for s in spans
+        if s.parent_id == step.span_id
+        and s.kind == "client"
+        and "vip_bundle.partner" in s.attributes
+    ]
+
+
+def only_trace_naming(stack: Stack, bundle: Bundle) -> None:
+    """No span of another trace names this bundle."""
+    naming = {
+        s.trace_id
+        for s in stack.receiver.spans
+        if s.attributes.get("vip_bundle.id") == bundle.vip_bundle_id
+    }
+    assert naming == {trace_of(bundle)}
+
+
+def sim_saw(stack: Stack, bundle: Bundle) -> set[str]:
+    """Trace ids of the `traceparent` headers the simulator got in this bundle's calls."""
+    mine = {
+        bundle.vip_bundle_id,
+        bundle.booking_id,
+        *bundle.ticket_ids,
+        *bundle.flight_ticket_ids(),
+    }
+    seen = set()
+    for call in stack.sim.calls():
+        blob = " ".join([call["path"], *map(str, (call.get("body") or {}).values())])
+        if any(i in blob for i in mine):
+            headers = {k.lower(): v for k, v in (call.get("headers") or {}).items()}
+            seen.add(
+                headers.get("traceparent", "-").split("-")[1] if "traceparent" in headers else ""
+            )
+    return seen
+
+
+def stream_contexts(stack: Stack, bundle: Bundle) -> list[str]:
+    out = []
+    for _, fields in stack.store.redis.xrange(stack.store.stream):
+        if fields[b"vip_bundle_id"].decode() == bundle.vip_bundle_id:
+            out.append(json.loads(fields[b"data"])["header"].get("traceparent", ""))
+    return out
+
+
+def test_a_finalized_bundle_is_one_trace_from_the_callers_request(stack: Stack):
+    body = example_request(customer_email=EMAIL, passengers=PASSENGERS)
+    caller = f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"
+    bundle_id = stack.book(body, {"traceparent": caller})
+    bundle = stack.wait(bundle_id, {Status.FINALIZED})
+    assert trace_of(bundle) == CALLER_TRACE  # the caller's trace, continued
+    steps = {"run/vip_bundle.book_show_tickets", "run/vip_bundle.book_flight"}
+    spans = stack.bundle_trace(bundle, steps)
+    spans = stack.receiver.wait_for(
+        lambda s: (
+            len(by_name([x for x in s if x.trace_id == CALLER_TRACE], "run/vip_bundle.book_flight"))
+            == 2
+        )
+    )
+    spans = stack.receiver.trace(CALLER_TRACE)
+    assert_joined(spans, root_parent="00f067aa0ba902b7")
+
+    request = one(spans, "POST /book-vip-bundle")
+    assert request.kind == "server" and request.parent_id == "00f067aa0ba902b7"
+    intake = one(spans, "vip_bundle.intake")
+    assert intake.parent_id == request.span_id
+    assert bundle.traceparent.split("-")[2] == intake.span_id  # stored on the bundle
+    show = run_span(spans, "vip_bundle.book_show_tickets", intake)
+    inbound = run_span(spans, "vip_bundle.book_flight", show, **{"vip_bundle.leg": "inbound"})
+    back = run_span(spans, "vip_bundle.book_flight", inbound, **{"vip_bundle.leg": "return"})
+    for step, partner, name in [
+        (show, "shows", "BookShowTickets"),
+        (inbound, "flights", "BookFlight"),
+        (back, "flights", "BookFlight"),
+    ]:
+        assert step.attributes["vip_bundle.id"] == bundle_id
+        assert step.attributes["vip_bundle.step"] == name
+        assert step.attributes["vip_bundle.attempt"] == 1
+        calls = partner_calls(spans, step)
+        assert [c.attributes["vip_bundle.partner"] for c in calls] == [partner]
+    assert back.attributes["vip_bundle.outcome"] == "FlightBooked_v1"
+    assert {s.service for s in spans} == {"vip-bundles-api", "vip-bundles-worker"}
+    # No span carries the customer's e-mail or names.
+    text = json.dumps([s.attributes for s in spans])
+    assert EMAIL not in text and not any(p in text for p in PASSENGERS)
+    # The partner got the trace context; every event on the stream carries it.
+    assert sim_saw(stack, bundle) == {CALLER_TRACE}
+    contexts = stream_contexts(stack, bundle)
+    assert len(contexts) == 5 and all(c.split("-")[1] == CALLER_TRACE for c in contexts)
+    only_trace_naming(stack, bundle)
+
+
+def test_a_rolled_back_bundle_goes_on_through_the_error_callback_and_the_undos(stack: Stack):
+    body = example_request(customer_email=EMAIL, passengers=PASSENGERS)
+    stack.sim.set_flight_seats(body["return_flight_id"], 0)
+    bundle = stack.wait(stack.book(body), {Status.FAILED})
+    undos = {
+        "run/vip_bundle.compensation.refund_tickets",
+        "run/vip_bundle.compensation.cancel_flight_tickets",
+    }
+    spans = stack.bundle_trace(bundle, undos)
+    assert_joined(spans)
+
+    intake = one(spans, "vip_bundle.intake")
+    assert intake.parent_id == one(spans, "POST /book-vip-bundle").span_id
+    show = run_span(spans, "vip_bundle.book_show_tickets", intake)
+    inbound = run_span(spans, "vip_bundle.book_flight", show, **{"vip_bundle.leg": "inbound"})
+    back = run_span(spans, "vip_bundle.book_flight", inbound, **{"vip_bundle.leg": "return"})
+    errback = one(spans, "vip_bundle.on_step_failed")
+    assert errback.parent_id == back.span_id
+    assert errback.attributes["vip_bundle.outcome"] == "FlightBookingFailed_v1"
+    manager = run_span(spans, "vip_bundle.process_manager.handle_event", errback)
+    assert manager.attributes["vip_bundle.event"] == "FlightBookingFailed_v1"
+    refund = run_span(spans, "vip_bundle.compensation.refund_tickets", manager)
+    cancel = run_span(spans, "vip_bundle.compensation.cancel_flight_tickets", manager)
+    assert cancel.attributes["vip_bundle.leg"] == "inbound"
+    assert refund.attributes["vip_bundle.tickets"] == 2
+    # Two tickets: a refund and a receipt's void each.
+    partners = sorted(c.attributes["vip_bundle.partner"] for c in partner_calls(spans, refund))
+    assert partners == ["payments", "payments", "receipts", "receipts"]
+    assert len(partner_calls(spans, cancel)) == 2
+    assert sim_saw(stack, bundle) == {trace_of(bundle)}
+    contexts = stream_contexts(stack, bundle)
+    assert contexts and all(c.split("-")[1] == trace_of(bundle) for c in contexts)
+    only_trace_naming(stack, bundle)
+
+
+def test_a_cancel_joins_the_bundles_trace_linked_to_the_request(stack: Stack):
+    body = example_request(customer_email=EMAIL, passengers=PASSENGERS)
+    bundle = stack.wait(stack.book(body), {Status.FINALIZED})
+    with stack.client() as http:
+        answer = http.post(f"/vip-bundles/{bundle.vip_bundle_id}/cancel", json={"reason": "ill"})
+        assert answer.status_code == 202, answer.text
+        bundle = stack.wait(bundle.vip_bundle_id, {Status.CANCELLED})
+        # Where people look: the page and the CLI show the trace, linked.
+        page = http.get(f"/vip-bundles/{bundle.vip_bundle_id}", headers={"Accept": "text/html"})
+    trace_id = trace_of(bundle)
+    assert TRACE_URL.format(trace_id=trace_id) in page.text
+    undos = {
+        "vip_bundle.cancel",
+        "run/vip_bundle.compensation.refund_tickets",
+        "run/vip_bundle.compensation.cancel_flight_tickets",
+    }
+    spans = stack.bundle_trace(bundle, undos)
+    spans = stack.receiver.wait_for(
+        lambda s: (
+            len(
+                by_name(
+                    [x for x in s if x.trace_id == trace_id],
+                    "run/vip_bundle.compensation.cancel_flight_tickets",
+                )
+            )
+            == 2
+        )
+    )
+    spans = stack.receiver.trace(trace_id)
+    assert_joined(spans)
+    intake = one(spans, "vip_bundle.intake")
+    cancel = one(spans, "vip_bundle.cancel")
+    assert cancel.parent_id == intake.span_id  # from the stored context
+    # ... linked to the cancel request's own trace (the HTTP call had none: a new one).
+    (link,) = cancel.links
+    asking = [s for s in stack.receiver.spans if s.span_id == link[1]]
+    assert asking and asking[0].name == "POST /vip-bundles/{vip_bundle_id}/cancel"
+    assert asking[0].trace_id != trace_id
+    take_up = one(spans, "vip_bundle.take_up")
+    assert take_up.parent_id == cancel.span_id and not take_up.links
+    run_span(spans, "vip_bundle.compensation.refund_tickets", take_up)
+    for leg in ("inbound", "return"):
+        run_span(
+            spans,
+            "vip_bundle.compensation.cancel_flight_tickets",
+            take_up,
+            **{"vip_bundle.leg": leg},
+        )
+    contexts = stream_contexts(stack, bundle)
+    assert contexts[-1].split("-")[1] == trace_id  # VipBundleCancelled_v1
+    only_trace_naming(stack, bundle)
+
+    status = subprocess.run(
+        [sys.executable, "-m", "vip_bundles", "status", bundle.vip_bundle_id],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert f"trace: {trace_id}" in status.stdout, status.stdout + status.stderr
+    assert TRACE_URL.format(trace_id=trace_id) in status.stdout
