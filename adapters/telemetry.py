@@ -282,6 +282,10 @@ class JsonLogFormatter(JsonFormatter):
         self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
     ) -> None:
         super().add_fields(log_data, record, message_dict)
+        # Celery passes each task's arguments along (`extra={"data": ...}`): the Celery door's
+        # are a customer's request (an e-mail, names). The text format never showed them.
+        if isinstance(data := log_data.get("data"), dict) and ("args" in data or "kwargs" in data):
+            log_data["data"] = {k: v for k, v in data.items() if k not in ("args", "kwargs")}
         if (bundle := _bundle.get()) is not None:
             log_data["vip_bundle_id"], log_data["correlation_id"] = bundle
         # Celery's current task, when Celery is loaded at all (the simulator has none).

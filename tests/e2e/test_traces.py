@@ -47,6 +47,7 @@ class Stack:
     worker: local_stack.Worker
     logdir: Path
     env: dict[str, str]
+    celery: Celery
 
     def client(self) -> httpx.Client:
         return self.door.client(API_KEY)
@@ -128,6 +129,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 worker,
                 logdir,
                 env,
+                control,
             )
         finally:
             for process in reversed(started):
@@ -363,3 +365,35 @@ def test_a_cancel_joins_the_bundles_trace_linked_to_the_request(stack: Stack):
     )
     assert f"trace: {trace_id}" in status.stdout, status.stdout + status.stderr
     assert TRACE_URL.format(trace_id=trace_id) in status.stdout
+
+
+def test_every_log_line_is_json_without_personal_data_or_secrets(stack: Stack):
+    """After the bundles above (and a search by e-mail): the log lines of the worker, beat,
+    the HTTP door and the simulator are JSON objects, and none shows an e-mail, a passenger's
+    name or the API key."""
+    with stack.client() as http:
+        assert http.get("/vip-bundles", params={"q": EMAIL}).status_code == 200
+    # The Celery door too: its task's arguments are the request.
+    body = example_request(customer_email=EMAIL, passengers=PASSENGERS)
+    sent = stack.celery.send_task("vip_bundle.book", kwargs=body, queue="vip-bundles")
+    stack.wait(sent.get(timeout=20)["vip_bundle_id"], {Status.FINALIZED})
+    time.sleep(0.5)  # the access log line is written after the answer
+    logs = {p.name: p.read_text() for p in stack.logdir.glob("*.log")}
+    assert {"traced.log", "beat.log", "simulator.log"} <= set(logs)
+    assert any(name.startswith("api-") for name in logs)
+    fields: dict[str, set[str]] = {}
+    for name, text in logs.items():
+        for secret in [EMAIL, *PASSENGERS, API_KEY, EMAIL.replace("@", "%40")]:
+            assert secret not in text, f"{name} shows {secret!r}"
+        lines = [line for line in text.splitlines() if line.strip()]
+        assert lines, name
+        for line in lines:
+            record = json.loads(line)  # one JSON object a line, nothing else
+            assert {"time", "level", "logger", "message"} <= record.keys(), line
+            fields.setdefault(name, set()).update(k for k, v in record.items() if v)
+    # A step's lines name everything that ties them to their bundle, task and span.
+    assert {"vip_bundle_id", "correlation_id", "task_name", "task_id", "trace_id", "span_id"} <= (
+        fields["traced.log"]
+    )
+    door = next(v for k, v in fields.items() if k.startswith("api-"))
+    assert {"trace_id", "span_id"} <= door
