@@ -184,12 +184,11 @@ def traceparent() -> str | None:
     None when tracing is off or no span is current."""
     if not _on:
         return None
-    from opentelemetry import trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    ctx = trace.get_current_span().get_span_context()
-    if not ctx.is_valid:
-        return None
-    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(carrier)  # as sent to a partner (flags and all)
+    return carrier.get("traceparent")
 
 
 def span(name: str, **attributes: str | int | None) -> AbstractContextManager[Any]:
