@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,16 @@ class Stack:
     store: BundleStore
     worker: local_stack.Worker
     logdir: Path
-    env: dict[str, str]
+    env: dict[str, str]  # the workers'
     celery: Celery
+    started: list[Any]  # stopped at the end
+
+    def start_worker(self, name: str) -> local_stack.Worker:
+        worker = local_stack.start_worker(
+            self.env, f"{name}@localhost", 4, logdir=self.logdir, control_app=self.celery
+        )
+        self.started.append(worker)
+        return worker
 
     def client(self) -> httpx.Client:
         return self.door.client(API_KEY)
@@ -83,7 +92,13 @@ def trace_of(bundle: Bundle) -> str:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    logdir = tmp_path_factory.mktemp("traced")
+    with traced_stack(tmp_path_factory.mktemp("traced")) as st:
+        yield st
+
+
+@contextmanager
+def traced_stack(logdir: Path, **worker_env: str) -> Iterator[Stack]:
+    """The stack, every process traced to a receiver here; `worker_env` for the workers."""
     db = local_stack.claim_database(SERVER_URL)
     sim_port = local_stack.free_port()
     with OtlpHttpReceiver() as receiver:
@@ -114,7 +129,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 f"http://127.0.0.1:{sim_port}", 15, alive=lambda: sim_proc.poll() is None
             )
             worker = local_stack.start_worker(
-                env, "traced@localhost", 4, logdir=logdir, control_app=control
+                {**env, **worker_env}, "traced@localhost", 4, logdir=logdir, control_app=control
             )
             started.append(worker)
             beat = local_stack.start_beat(env, logdir)
@@ -128,8 +143,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 BundleStore(client),
                 worker,
                 logdir,
-                env,
+                {**env, **worker_env},
                 control,
+                started,
             )
         finally:
             for process in reversed(started):
@@ -397,3 +413,51 @@ def test_every_log_line_is_json_without_personal_data_or_secrets(stack: Stack):
     )
     door = next(v for k, v in fields.items() if k.startswith("api-"))
     assert {"trace_id", "span_id"} <= door
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_step_leaves_a_trace_that_joins_up_after_redelivery(
+    tmp_path: Path,
+):
+    """kill -9 while the return flight's call is at the partner: the step's message comes
+    back (visibility timeout) to a new worker, whose run of it continues the same trace under
+    the same publish span; what the dead process had not sent is simply missing, and no span
+    is left without its parent."""
+    hold_ms, visibility_s = 3000, 5
+    with traced_stack(tmp_path, VISIBILITY_TIMEOUT_S=str(visibility_s), HTTP_TIMEOUT_S="10") as st:
+        # The second PUT (the return leg) is held at the partner.
+        flights = "/transportation-api/flight-tickets"
+        st.sim.fault(flights, status=None, times=1, methods=["PUT"])
+        st.sim.fault(flights, status=None, delay_ms=hold_ms, times=1, methods=["PUT"])
+        bundle_id = st.book(example_request(customer_email=EMAIL, passengers=PASSENGERS))
+        booked_at = time.monotonic()
+        deadline = time.monotonic() + 20
+        while (b := st.store.get(bundle_id)) is None or not b.starts.get("BookFlight:return"):
+            assert time.monotonic() < deadline, "the return leg never started"
+            time.sleep(0.05)
+        time.sleep(0.5)  # its call is at the partner; what ended before has been exported
+        st.worker.kill()
+        time.sleep(max(0.0, visibility_s + 1 - (time.monotonic() - booked_at)))
+        st.start_worker("second")  # restores the unacked message on its first sweep
+        bundle = st.wait(bundle_id, {Status.FINALIZED}, timeout=60)
+        trace_id = trace_of(bundle)
+        spans = st.receiver.wait_for(
+            lambda s: any(
+                x.name == "run/vip_bundle.book_flight"
+                and x.attributes.get("vip_bundle.attempt") == 2
+                for x in s
+                if x.trace_id == trace_id
+            )
+        )
+        time.sleep(0.3)
+        spans = st.receiver.trace(trace_id)
+        assert sim_saw(st, bundle) == {trace_id}  # both PUTs of the return leg too
+    assert_joined(spans)
+    intake = one(spans, "vip_bundle.intake")
+    show = run_span(spans, "vip_bundle.book_show_tickets", intake)
+    inbound = run_span(spans, "vip_bundle.book_flight", show, **{"vip_bundle.leg": "inbound"})
+    # The killed run of the return leg never reached the receiver; its redelivery did, as a
+    # child of the same publish span, sent by the inbound leg's run.
+    back = run_span(spans, "vip_bundle.book_flight", inbound, **{"vip_bundle.leg": "return"})
+    assert back.attributes["vip_bundle.attempt"] == 2
+    assert back.attributes["vip_bundle.outcome"] == "FlightBooked_v1"
