@@ -383,6 +383,50 @@ def test_a_cancel_joins_the_bundles_trace_linked_to_the_request(stack: Stack):
     assert TRACE_URL.format(trace_id=trace_id) in status.stdout
 
 
+def test_an_operators_resume_joins_the_bundles_trace_after_a_failed_step(stack: Stack):
+    """The show step fails for a technical reason (503 on every try): the error callback notes
+    it and nothing is sent until someone takes the bundle up. An operator's resume, a request
+    of its own, continues the bundle's trace from its stored context."""
+    show = "/dead-nation-api/ticket/booking"
+    stack.sim.fault(show, status=503, times=int(stack.env.get("HTTP_RETRY_ATTEMPTS", "5")))
+    bundle_id = stack.book(example_request(customer_email=EMAIL, passengers=PASSENGERS))
+    deadline = time.monotonic() + 20
+    while (b := stack.store.get(bundle_id)) is None or b.step_failures < 1:
+        assert time.monotonic() < deadline, "the show step never failed"
+        time.sleep(0.05)
+    with stack.client() as http:
+        assert http.post(f"/vip-bundles/{bundle_id}/resume").status_code == 202
+    bundle = stack.wait(bundle_id, {Status.FINALIZED})
+    trace_id = trace_of(bundle)
+    stack.receiver.wait_for(
+        lambda s: (
+            len(by_name([x for x in s if x.trace_id == trace_id], "run/vip_bundle.book_flight"))
+            == 2
+        )
+    )
+    time.sleep(0.3)
+    spans = stack.receiver.trace(trace_id)
+    assert_joined(spans)
+    intake = one(spans, "vip_bundle.intake")
+    failed = one(spans, "run/vip_bundle.book_show_tickets", **{"vip_bundle.attempt": 1})
+    assert failed.status == 2  # an error, with its partner calls (every try) inside it
+    assert len(partner_calls(spans, failed)) == int(stack.env.get("HTTP_RETRY_ATTEMPTS", "5"))
+    errback = one(spans, "vip_bundle.on_step_failed")
+    assert errback.parent_id == failed.span_id
+    assert errback.attributes["vip_bundle.outcome"] == "StepFailed"
+    take_up = one(spans, "vip_bundle.take_up")
+    assert take_up.parent_id == intake.span_id and take_up.attributes["vip_bundle.by"].startswith(
+        "key-"
+    )
+    (link,) = take_up.links
+    asking = [s for s in stack.receiver.spans if s.span_id == link[1]]
+    assert asking and asking[0].name == "POST /vip-bundles/{vip_bundle_id}/resume"
+    show_again = run_span(
+        spans, "vip_bundle.book_show_tickets", take_up, **{"vip_bundle.attempt": 2}
+    )
+    run_span(spans, "vip_bundle.book_flight", show_again, **{"vip_bundle.leg": "inbound"})
+
+
 def test_every_log_line_is_json_without_personal_data_or_secrets(stack: Stack):
     """After the bundles above (and a search by e-mail): the log lines of the worker, beat,
     the HTTP door and the simulator are JSON objects, and none shows an e-mail, a passenger's
