@@ -505,3 +505,24 @@ def test_a_worker_killed_mid_step_leaves_a_trace_that_joins_up_after_redelivery(
     back = run_span(spans, "vip_bundle.book_flight", inbound, **{"vip_bundle.leg": "return"})
     assert back.attributes["vip_bundle.attempt"] == 2
     assert back.attributes["vip_bundle.outcome"] == "FlightBooked_v1"
+
+
+def test_the_text_format_shows_no_personal_data_either(stack: Stack, tmp_path: Path):
+    """The door in the text format (the default): a booking and a search by e-mail leave
+    neither the e-mail nor a name in its log (the access log drops query strings)."""
+    door = start_door(tmp_path, {**stack.env, "LOG_FORMAT": "text"})
+    try:
+        with door.client(API_KEY) as http:
+            body = example_request(customer_email=EMAIL, passengers=PASSENGERS)
+            assert http.post("/book-vip-bundle", json=body).status_code == 201
+            assert http.get("/vip-bundles", params={"q": EMAIL}).status_code == 200
+            assert (
+                http.post("/book-vip-bundle", json={**body, "number_of_tickets": 0}).status_code
+                == 422
+            )
+    finally:
+        door.stop()
+    text = door.log.read_text()
+    assert "GET /vip-bundles HTTP/1.1" in text  # the search was logged, without its query
+    for secret in [EMAIL, *PASSENGERS, API_KEY, EMAIL.replace("@", "%40")]:
+        assert secret not in text, f"the door's text log shows {secret!r}"
