@@ -433,10 +433,22 @@ def test_every_log_line_is_json_without_personal_data_or_secrets(stack: Stack):
     name or the API key."""
     with stack.client() as http:
         assert http.get("/vip-bundles", params={"q": EMAIL}).status_code == 200
-    # The Celery door too: its task's arguments are the request.
+    # The Celery door too: its task's arguments are the request. (A Celery caller's trace
+    # context, in the message's headers as its instrumentation sends it, is continued.)
     body = example_request(customer_email=EMAIL, passengers=PASSENGERS)
-    sent = stack.celery.send_task("vip_bundle.book", kwargs=body, queue="vip-bundles")
-    stack.wait(sent.get(timeout=20)["vip_bundle_id"], {Status.FINALIZED})
+    caller = "0af7651916cd43dd8448eb211c80319c"
+    sent = stack.celery.send_task(
+        "vip_bundle.book",
+        kwargs=body,
+        queue="vip-bundles",
+        headers={"traceparent": f"00-{caller}-b7ad6b7169203331-01"},
+    )
+    bundle = stack.wait(sent.get(timeout=20)["vip_bundle_id"], {Status.FINALIZED})
+    assert trace_of(bundle) == caller
+    spans = stack.bundle_trace(bundle, {"run/vip_bundle.book", "vip_bundle.intake"})
+    book = one(spans, "run/vip_bundle.book")
+    assert book.parent_id == "b7ad6b7169203331"
+    assert one(spans, "vip_bundle.intake").parent_id == book.span_id
     time.sleep(0.5)  # the access log line is written after the answer
     logs = {p.name: p.read_text() for p in stack.logdir.glob("*.log")}
     assert {"traced.log", "beat.log", "simulator.log"} <= set(logs)
