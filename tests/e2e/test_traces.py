@@ -90,14 +90,18 @@ def trace_of(bundle: Bundle) -> str:
     return bundle.traceparent.split("-")[1]
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with traced_stack(tmp_path_factory.mktemp("traced")) as st:
+@pytest.fixture(scope="module", params=["prefork", pytest.param("threads", marks=pytest.mark.slow)])
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """The quick run on prefork (tracing set up in each child after the fork); the slow run
+    again on `-P threads` (set up once, in the worker's own process)."""
+    with traced_stack(tmp_path_factory.mktemp("traced"), pool=request.param) as st:
         yield st
 
 
 @contextmanager
-def traced_stack(logdir: Path, **worker_env: str) -> Iterator[Stack]:
+def traced_stack(logdir: Path, pool: str = "prefork", **worker_env: str) -> Iterator[Stack]:
     """The stack, every process traced to a receiver here; `worker_env` for the workers."""
     db = local_stack.claim_database(SERVER_URL)
     sim_port = local_stack.free_port()
@@ -129,7 +133,12 @@ def traced_stack(logdir: Path, **worker_env: str) -> Iterator[Stack]:
                 f"http://127.0.0.1:{sim_port}", 15, alive=lambda: sim_proc.poll() is None
             )
             worker = local_stack.start_worker(
-                {**env, **worker_env}, "traced@localhost", 4, logdir=logdir, control_app=control
+                {**env, **worker_env},
+                "traced@localhost",
+                4,
+                pool,
+                logdir=logdir,
+                control_app=control,
             )
             started.append(worker)
             beat = local_stack.start_beat(env, logdir)
