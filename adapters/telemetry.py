@@ -301,14 +301,30 @@ class JsonLogFormatter(JsonFormatter):
                 log_data["span_id"] = f"{ctx.span_id:016x}"
 
 
+SEARCH_PARAMETERS = frozenset({"q"})  # searched by a customer's e-mail or name
+
+
+def without_search(target: str) -> str:
+    """A request target with the values of its search parameters hidden (`?q=...` finds a
+    bundle by a customer's e-mail, which must not reach a log line or a span); the rest kept."""
+    path, sep, query = target.partition("?")
+    if not sep:
+        return target
+    from urllib.parse import parse_qsl, urlencode
+
+    pairs = parse_qsl(query, keep_blank_values=True)
+    hidden = [(k, "..." if k in SEARCH_PARAMETERS else v) for k, v in pairs]
+    return f"{path}?{urlencode(hidden, safe='.')}"
+
+
 class NoQueryString(logging.Filter):
-    """The access log without query strings: `GET /vip-bundles?q=...` searches by a customer's
-    e-mail, which must not reach a log line."""
+    """The access log with search texts hidden (`GET /vip-bundles?q=...&status=failed` is
+    logged as `GET /vip-bundles?q=...&status=failed` with the text of `q` left out)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
-            record.args = (*args[:2], args[2].split("?", 1)[0], *args[3:])
+            record.args = (*args[:2], without_search(args[2]), *args[3:])
         return True
 
 

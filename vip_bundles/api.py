@@ -62,7 +62,7 @@ def create_app(api_keys: str | None = None, listen_host: str | None = None) -> F
     app.include_router(operator.router)
     if telemetry.tracing():
         # Outermost, so the request's span holds the guard's work too; a caller's
-        # `traceparent` is continued. A search's query (an e-mail) never reaches the span.
+        # `traceparent` is continued.
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
         app.add_middleware(
@@ -83,9 +83,14 @@ def _span_name(scope: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def _no_query(span: Any, scope: dict[str, Any]) -> None:
-    if scope.get("query_string") and span.is_recording():
-        span.set_attribute("http.url", scope.get("path", ""))
-        span.set_attribute("url.query", "(not recorded)")
+    # A search's text (an e-mail) never reaches the span: the instrumentation records the
+    # target with its query, so it is set again with the search hidden.
+    query = scope.get("query_string", b"").decode("latin-1")
+    if query and span.is_recording():
+        target = telemetry.without_search(f"{scope.get('path', '')}?{query}")
+        span.set_attribute("http.url", target)
+        span.set_attribute("http.target", target)
+        span.set_attribute("url.query", target.partition("?")[2])
 
 
 def configured_api_keys() -> str | None:
