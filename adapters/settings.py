@@ -189,6 +189,12 @@ class Settings(BaseSettings):
                 raise ValueError(f"{who}_CERT_FILE and {who}_KEY_FILE: give both or neither")
         return self
 
+    # Traces (adapters/telemetry.py; set up by the OTEL_* variables): the timeline page and
+    # `vip-bundles status` link a bundle's trace here, e.g.
+    # `https://grafana.example/explore?traceId={trace_id}`. Log lines: LOG_FORMAT=json for
+    # one JSON object a line (read by adapters/telemetry.py itself, before settings load).
+    trace_url_template: str | None = None
+
     @field_validator("redis_sentinels")
     @classmethod
     def _sentinels_are_host_ports(cls, value: str | None) -> str | None:

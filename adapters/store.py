@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from redis import Redis
 
 from adapters import store_scripts as scripts
+from adapters import telemetry
 from adapters.redis_connection import NotReplicated, follow_master
 from adapters.store_queries import STARTS, BundleQueries, as_text, bundle_from_hash
 from adapters.store_retention import BundleArchived, BundleRetention
@@ -163,11 +164,14 @@ class BundleStore(BundleRetention, BundleQueries):
             (new.created_by_release or "") if old is None else "",
             new.schema_version,
         ]
+        context = telemetry.traceparent()  # each published event carries its trace context
         for source, event in steps:
             # The target from the table, not from the history: a parked bundle's repeated
             # rounds are counted on its last entries, not appended (transition.apply).
             target = new.status if source is None else saga.TRANSITIONS[(source, type(event))]
             message = event.to_message() if event.published else None
+            if message is not None and context is not None:
+                message["header"]["traceparent"] = context
             args += [
                 event.name(),
                 _json(message) if message else "",

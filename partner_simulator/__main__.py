@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 
 import uvicorn
 
@@ -41,7 +42,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     tls = tls_options(args.ssl_certfile, args.ssl_keyfile, args.ssl_ca_certs, args.ssl_cert_reqs)
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    json_lines = os.environ.get("LOG_FORMAT", "text").strip().lower() == "json"
+    if json_lines:  # one JSON object a line, as every process of the product logs
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(
+            JsonFormatter(
+                "%(levelname)s %(name)s %(message)s",
+                rename_fields={"levelname": "level", "name": "logger"},
+                timestamp="time",
+            )
+        )
+        logging.basicConfig(level=logging.INFO, handlers=[handler])
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     # Bind here rather than in uvicorn so the banner shows the real port when --port 0.
     sock = bind_socket(args.host, args.port)
     url = url_for(args.host, sock.getsockname()[1], "https" if tls else "http")
@@ -58,7 +73,9 @@ def main(argv: list[str] | None = None) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(700, 10, 1000)
-    uvicorn.Server(uvicorn_config(app, **tls)).run(sockets=[sock])
+    # JSON: uvicorn's loggers left to the root logger's handler.
+    quiet = {"log_config": None} if json_lines else {}
+    uvicorn.Server(uvicorn_config(app, **tls, **quiet)).run(sockets=[sock])
 
 
 if __name__ == "__main__":

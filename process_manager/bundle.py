@@ -157,6 +157,10 @@ class Bundle(BaseModel):
     # The releases that created the bundle and last moved it; None: one before 0.2.0 did.
     created_by_release: str | None = None
     moved_by_release: str | None = None
+    # The W3C trace context of the work that took the bundle in (adapters/telemetry.py):
+    # later work that starts from the stored bundle (a cancel, the reconciler, an operator's
+    # resume) joins the bundle's trace through it. None when tracing is off.
+    traceparent: str | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
     # Starts of each step (`saga.start_key` -> count), read with the document from the bundle's
     # hash; never part of the document itself.
@@ -167,7 +171,11 @@ class Bundle(BaseModel):
 
     @classmethod
     def from_request(
-        cls, request: BookVipBundle, correlation_id: str | None = None, tenant: str | None = None
+        cls,
+        request: BookVipBundle,
+        correlation_id: str | None = None,
+        tenant: str | None = None,
+        traceparent: str | None = None,
     ) -> Bundle:
         bundle_id = str(request.vip_bundle_id or uuid.uuid4())
         return cls(
@@ -181,6 +189,7 @@ class Bundle(BaseModel):
             passengers=list(request.passengers),
             inbound_flight_id=str(request.inbound_flight_id),
             return_flight_id=str(request.return_flight_id),
+            traceparent=traceparent,
         )
 
     @classmethod

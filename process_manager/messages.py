@@ -110,6 +110,9 @@ class EventHeader(BaseModel):
     idempotency_key: str
     # The event's shape (process_manager/versions.py); absent (a release before 0.2.0): 1.
     schema_version: int = versions.ABSENT
+    # The W3C trace context of the work that published it (adapters/telemetry.py), so a
+    # consumer can continue the bundle's trace; absent when tracing is off.
+    traceparent: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -147,7 +150,10 @@ class Event(BaseModel):
         return self.model_dump(mode="json", exclude={"header"})
 
     def to_message(self) -> dict[str, Any]:
-        return {"header": self.header.model_dump(mode="json"), "payload": self.payload()}
+        header = self.header.model_dump(mode="json")
+        if header["traceparent"] is None:
+            del header["traceparent"]  # tracing off: the header as it always was
+        return {"header": header, "payload": self.payload()}
 
 
 class VipBundleInitialized_v1(Event):

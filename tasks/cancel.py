@@ -7,6 +7,7 @@ from typing import Any
 
 from celery.utils.log import get_task_logger
 
+from adapters import telemetry
 from adapters.settings import get_settings
 from adapters.store import BundleNotFound
 from process_manager import saga
@@ -30,6 +31,19 @@ def cancel_bundle(vip_bundle_id: str, reason: str, who: str | None = None) -> Bu
     `cancelling` or `cancelled` is returned as it is (cancelling is idempotent). Returns once
     the cancel is on a replica too (when the master has one), else raises `NotReplicated`.
     """
+    # The undos join the bundle's trace (its stored context), linked to the request's.
+    with telemetry.bundle_span(
+        "vip_bundle.cancel", vip_bundle_id, lambda: _stored_context(vip_bundle_id), by=who
+    ):
+        return _cancel(vip_bundle_id, reason, who)
+
+
+def _stored_context(vip_bundle_id: str) -> str | None:
+    bundle = store().get(vip_bundle_id)  # read only when tracing is on
+    return bundle.traceparent if bundle is not None else None
+
+
+def _cancel(vip_bundle_id: str, reason: str, who: str | None) -> Bundle:
     refused: list[saga.CancelRefused] = []
 
     def decide(bundle: Bundle) -> Event | None:

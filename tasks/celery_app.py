@@ -13,9 +13,13 @@ import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
+from typing import Any
 
 from celery import Celery
 from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    beat_init,
     task_postrun,
     task_prerun,
     worker_init,
@@ -26,7 +30,7 @@ from celery.signals import (
 )
 from redis import Redis
 
-from adapters import redis_connection, tls
+from adapters import redis_connection, telemetry, tls
 from adapters.deferred import DeferredSteps
 from adapters.metrics import METER
 from adapters.partner_gate import BreakerPolicy, PartnerGate
@@ -125,7 +129,8 @@ def io_pool() -> ThreadPoolExecutor:
     the tickets of one leg): side by side, an undo waits for its slowest call, not their sum."""
     # Shared by every task thread of a `-P threads` process: sized for many undos at once
     # (threads are only started as calls need them).
-    return ThreadPoolExecutor(max_workers=64, thread_name_prefix="vip-bundles-io")
+    # (With tracing on, its calls carry their task's trace context.)
+    return telemetry.thread_pool(max_workers=64, thread_name_prefix="vip-bundles-io")
 
 
 _CLIENTS = (
@@ -199,3 +204,45 @@ def _freeze_long_lived_objects() -> None:
 @worker_shutdown.connect
 def _send_last_metrics(**_: object) -> None:
     METER.flush_quietly()  # a worker stopping must not fail on its metrics
+    telemetry.shutdown()  # nor on its last spans
+
+
+# --- traces and log format (adapters/telemetry.py; off unless OTEL_* / LOG_FORMAT say so) ---
+
+
+@worker_init.connect
+def _trace_worker(sender: object = None, **_: object) -> None:
+    # A prefork pool's children set up after the fork (`_trace_pool_child`): the span
+    # exporter's thread must be the child's own. Other pools run tasks in this process.
+    from celery.concurrency import get_implementation
+    from celery.concurrency.prefork import TaskPool
+
+    pool = get_implementation(getattr(sender, "pool_cls", "prefork"))
+    if not (isinstance(pool, type) and issubclass(pool, TaskPool)):
+        telemetry.setup_tracing("worker")
+
+
+@worker_process_init.connect
+def _trace_pool_child(**_: object) -> None:
+    telemetry.setup_tracing("worker")
+
+
+@beat_init.connect
+def _trace_beat(**_: object) -> None:
+    telemetry.setup_tracing("beat")
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _log_format(logger: logging.Logger, **_: object) -> None:
+    telemetry.use_json_format(logger)
+
+
+if telemetry.json_logs() or telemetry.wanted():
+
+    @task_prerun.connect
+    def _name_the_bundle(task: Any = None, args: Any = None, **_: object) -> None:
+        # The steps' first argument is the bundle id (log lines name it from the start; a
+        # task without one clears what the thread's previous task set).
+        first = args[0] if args else None
+        telemetry.enter_bundle(first if isinstance(first, str) else None)

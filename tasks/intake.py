@@ -6,6 +6,7 @@ from typing import Any
 
 from celery.utils.log import get_task_logger
 
+from adapters import telemetry
 from adapters.settings import get_settings
 from adapters.store_retention import BundleArchived
 from process_manager import saga
@@ -27,22 +28,27 @@ def book_bundle(
     the id exists with another request (or another tenant's), `NotReplicated` if no replica
     acknowledged in time. `tenant`: the owner, from the HTTP door's key.
     """
-    fresh = Bundle.from_request(request, correlation_id, tenant)
-    try:
-        bundle, created = store().create(fresh, saga.initialized(fresh))
-    except BundleArchived as archived:
-        # Settled and archived: Redis kept its request's digest. The same request answers the
-        # same ids (derived from the bundle id) and books nothing; another one is refused.
-        if archived.digest != fresh.request_digest():
-            raise _different_request(fresh.vip_bundle_id) from None
-        return fresh, False
-    if created:
-        # If this process dies before the chain is sent, the reconciler starts it.
-        run_forward(bundle)
-    elif not bundle.same_request(request, tenant):
-        raise _different_request(bundle.vip_bundle_id)
-    store().confirm_replicated(bundle.vip_bundle_id, 1, get_settings().replica_ack_timeout_s)
-    return bundle, created
+    # The bundle's trace starts here (under the door's request or task span): its context is
+    # stored with the bundle, for the work that later starts from the stored state.
+    with telemetry.span("vip_bundle.intake"):
+        fresh = Bundle.from_request(request, correlation_id, tenant, telemetry.traceparent())
+        telemetry.annotate(fresh)
+        try:
+            bundle, created = store().create(fresh, saga.initialized(fresh))
+        except BundleArchived as archived:
+            # Settled and archived: Redis kept its request's digest. The same request answers
+            # the same ids (derived from the bundle id) and books nothing; another is refused.
+            if archived.digest != fresh.request_digest():
+                raise _different_request(fresh.vip_bundle_id) from None
+            return fresh, False
+        telemetry.annotate(outcome="created" if created else "existed")
+        if created:
+            # If this process dies before the chain is sent, the reconciler starts it.
+            run_forward(bundle)
+        elif not bundle.same_request(request, tenant):
+            raise _different_request(bundle.vip_bundle_id)
+        store().confirm_replicated(bundle.vip_bundle_id, 1, get_settings().replica_ack_timeout_s)
+        return bundle, created
 
 
 def _different_request(bundle_id: str) -> InvalidRequest:

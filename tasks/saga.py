@@ -23,6 +23,7 @@ from typing import Any
 from celery import chain
 from celery.canvas import Signature
 
+from adapters import telemetry
 from adapters.partners import NoFlightTicketsAvailable, ShowSoldOut
 from adapters.settings import get_settings
 from process_manager import saga
@@ -118,6 +119,15 @@ def on_step_failed(request: Any, exc: BaseException, traceback: Any, vip_bundle_
     command = command_of(request.task, list(request.args or []))
     if command is None:
         return
+    # Celery calls it in the failed task's process, as a function: a span of its own, under
+    # the failed step's.
+    with telemetry.span(
+        "vip_bundle.on_step_failed", id=vip_bundle_id, step=request.task, error=type(exc).__name__
+    ):
+        _step_failed(command, exc, vip_bundle_id)
+
+
+def _step_failed(command: Command, exc: BaseException, vip_bundle_id: str) -> None:
     match exc, command:
         case ShowSoldOut(), BookShowTickets():
             refusal = lambda b: saga.booking_failed(b, str(exc))  # noqa: E731
@@ -134,6 +144,7 @@ def on_step_failed(request: Any, exc: BaseException, traceback: Any, vip_bundle_
                 else None
             )
     applied = store().apply(vip_bundle_id, decide)
+    telemetry.annotate(outcome=applied.event.name() if applied.event else "not_recorded")
     hand_over(applied)
     if isinstance(applied.event, StepFailed) and (partner := PARTNER_OF_STEP.get(type(command))):
         retry_later(vip_bundle_id, partner, applied.bundle.step_failures)
@@ -160,6 +171,7 @@ def handle_event(message: dict[str, Any]) -> None:
     if bundle is None:
         log.error("process manager: %s names no stored bundle", event.header.event_id)
     elif bundle.status in UNDOING:
+        telemetry.annotate(bundle, event=event.name(), outcome=str(bundle.status))
         run_rollback(bundle)
 
 
@@ -204,6 +216,18 @@ def take_up(bundle: Bundle, by: str | None = None) -> Bundle:
     (`by=...`, through the atomic transition); without it (the reconciler) the bundle is only
     marked as looked after now. A final bundle is left alone. Returns the bundle as stored.
     """
+    # The bundle's trace goes on from its stored context, linked to whoever asked.
+    with telemetry.bundle_span(
+        "vip_bundle.take_up",
+        bundle.vip_bundle_id,
+        bundle.traceparent,
+        by=by or "reconciler",
+        status=str(bundle.status),
+    ):
+        return _take_up(bundle, by)
+
+
+def _take_up(bundle: Bundle, by: str | None) -> Bundle:
     st = store()
     if bundle.status is Status.COMPENSATION_FAILED:
         applied = st.apply(bundle.vip_bundle_id, lambda b: _resume_parked(b, by), current=bundle)

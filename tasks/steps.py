@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from celery.signals import task_postrun, task_prerun
 from celery.utils.log import get_task_logger
 
+from adapters import telemetry
 from adapters.metrics import METER
 from adapters.settings import get_settings
 from adapters.store import Applied, Decide
@@ -62,9 +63,17 @@ def due_all(commands: Sequence[C]) -> tuple[Bundle, list[C]] | None:
     )
     todo = [] if started is None else [c for c in commands if saga.is_pending(started[0], c)]
     if started is None or not todo:
+        telemetry.annotate(id=bundle_id, step=name, outcome="skipped")
         log.info("%s: skipped, bundle %s is not due for it", name, bundle_id)
         return None
     bundle, starts = started
+    telemetry.annotate(
+        bundle,
+        step=name,
+        leg=str(leg) if (leg := getattr(first, "leg", None)) else None,
+        attempt=max(starts),
+        tickets=len(todo) if len(commands) > 1 else None,
+    )
     if not isinstance(first, saga.UNDO_COMMANDS) and _out_of_time(first, bundle, starts[0]):
         return None
     limit = 2 * get_settings().max_step_attempts
@@ -170,6 +179,7 @@ def record(
         current=read,
         then=then,
     )
+    telemetry.annotate(outcome=applied.event.name() if applied.event else "not_recorded")
     if applied.event is None:
         log.info(
             "%s: result not recorded, bundle %s is %s",

@@ -18,6 +18,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from adapters import telemetry
 from adapters.settings import get_settings
 from vip_bundles.guard import DoorGuard, GuardConfig
 from vip_bundles.guard.cross_site import allowed_hosts, allowed_origins
@@ -59,7 +60,37 @@ def create_app(api_keys: str | None = None, listen_host: str | None = None) -> F
     app.add_middleware(DoorGuard, config=guard_config(api_keys, listen_host))
     app.include_router(bundles.router)
     app.include_router(operator.router)
+    if telemetry.tracing():
+        # Outermost, so the request's span holds the guard's work too; a caller's
+        # `traceparent` is continued.
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+        app.add_middleware(
+            OpenTelemetryMiddleware,
+            server_request_hook=_no_query,
+            default_span_details=_span_name,
+            exclude_spans=["receive", "send"],
+        )
     return app
+
+
+def _span_name(scope: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    # The route, not the path: one span name for every bundle (`/vip-bundles/{id}/cancel`).
+    parts = scope.get("path", "").split("/")
+    if len(parts) > 2 and parts[1] == "vip-bundles":
+        parts[2] = "{vip_bundle_id}"
+    return f"{scope.get('method', 'HTTP')} {'/'.join(parts)}", {}
+
+
+def _no_query(span: Any, scope: dict[str, Any]) -> None:
+    # A search's text (an e-mail) never reaches the span: the instrumentation records the
+    # target with its query, so it is set again with the search hidden.
+    query = scope.get("query_string", b"").decode("latin-1")
+    if query and span.is_recording():
+        target = telemetry.without_search(f"{scope.get('path', '')}?{query}")
+        span.set_attribute("http.url", target)
+        span.set_attribute("http.target", target)
+        span.set_attribute("url.query", target.partition("?")[2])
 
 
 def configured_api_keys() -> str | None:
@@ -73,6 +104,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     Refuses (ValueError, saying why) to listen beyond loopback without API_KEYS, and bad
     API_KEYS (a key under 32 characters, ...), ALLOWED_ORIGINS or TRUSTED_PROXIES.
     """
+    telemetry.setup_logging()  # LOG_FORMAT; the access log never shows a query string
     config = guard_config(listen_host=host)
     if not config.keys and not is_loopback(host):
         raise ValueError(
@@ -87,10 +119,16 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
             host,
             ", ".join(sorted(config.hosts)),
         )
+    telemetry.setup_tracing("api")
     app = create_app(listen_host=host)
     # Every connection tried once before serving: a wrong CA or password stops the door here,
     # in one line (ConnectionCheckFailed), not on every request after.
     from tasks.connections import check_connections
 
     check_connections()
-    uvicorn.run(app, host=host, port=port, log_level="info", **SERVER_OPTIONS)
+    # LOG_FORMAT=json: uvicorn's loggers go to the root logger's JSON handler.
+    log_config = None if telemetry.json_logs() else uvicorn.config.LOGGING_CONFIG
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="info", log_config=log_config, **SERVER_OPTIONS
+    )
+    uvicorn.Server(config).run()

@@ -25,6 +25,17 @@ cli = typer.Typer(
 console = Console()
 
 
+@cli.callback()
+def _process(ctx: typer.Context) -> None:
+    # Traces and log format from the environment (adapters/telemetry.py); `api` sets up its
+    # own process, as the HTTP door.
+    from adapters import telemetry
+
+    telemetry.setup_logging()
+    if ctx.invoked_subcommand not in ("api", "simulator"):
+        telemetry.setup_tracing("cli")
+
+
 @cli.command()
 def demo(per_scenario: Annotated[int, typer.Option(help="bundles per scenario")] = 1) -> None:
     """Book bundles end to end (some roll back) and print what happened."""
@@ -131,7 +142,9 @@ def _wait_settled(bundle_ids: list[str], show_bar: bool, timeout: float = 300) -
 
 @cli.command()
 def status(vip_bundle_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """A bundle's state and its timeline."""
+    """A bundle's state and its timeline (and its trace, when it was traced)."""
+    from adapters import telemetry
+    from adapters.settings import get_settings
     from tasks.archive import finder
 
     bundle = finder().get(vip_bundle_id)  # live in Redis, or archived
@@ -152,6 +165,9 @@ def status(vip_bundle_id: str, as_json: Annotated[bool, typer.Option("--json")] 
         f"created by release {versions.release_label(bundle.created_by_release)}, "
         f"last moved by release {versions.release_label(bundle.moved_by_release)}"
     )
+    if (trace_id := telemetry.trace_id_of(bundle.traceparent)) is not None:
+        url = telemetry.trace_url(get_settings().trace_url_template, trace_id)
+        console.print(f"trace: {trace_id}" + (f"  {url}" if url else ""), highlight=False)
     console.print(f"tickets: {bundle.ticket_ids}")
     console.print(f"flight tickets: { {str(k): v for k, v in bundle.flight_tickets.items()} }")
     if bundle.failure:

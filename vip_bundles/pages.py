@@ -9,6 +9,8 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from adapters import telemetry
+from adapters.settings import get_settings
 from process_manager import versions
 from process_manager.bundle import UNDOING, Bundle, HistoryEntry, Status
 from process_manager.messages import Leg
@@ -183,4 +185,12 @@ def page_context(bundle: Bundle) -> dict[str, Any]:
             "created": versions.release_label(bundle.created_by_release),
             "moved": versions.release_label(bundle.moved_by_release),
         },
+        "trace": trace_link(bundle),
     }
+
+
+def trace_link(bundle: Bundle) -> dict[str, str | None] | None:
+    """The bundle's trace id, and its URL when TRACE_URL_TEMPLATE is set (None: not traced)."""
+    if (trace_id := telemetry.trace_id_of(bundle.traceparent)) is None:
+        return None
+    return {"id": trace_id, "url": telemetry.trace_url(get_settings().trace_url_template, trace_id)}
