@@ -20,6 +20,7 @@ def run_checked(cli: Callable[[], object], args: list[str]) -> None:
 
     from adapters.connection_check import ConnectionCheckFailed, cause, redact
     from adapters.settings import SettingsError, get_settings
+    from process_manager.versions import NewerSchema
 
     try:
         if args and not {"--help", "-h"} & set(args):
@@ -31,6 +32,10 @@ def run_checked(cli: Callable[[], object], args: list[str]) -> None:
             # line now, not after the retries that carry a command through a failover.
             check_connections(broker=args[0] == "book")
         cli()
+    except NewerSchema as newer:
+        # Written by a newer release (a deploy under way): its own CLI reads it.
+        print(f"vip-bundles: {newer}; use the newer release's CLI", file=sys.stderr)
+        raise SystemExit(1) from None
     except SettingsError as bad:
         print(f"vip-bundles: bad setting: {bad}", file=sys.stderr)
         raise SystemExit(2) from None

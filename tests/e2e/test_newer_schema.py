@@ -30,6 +30,7 @@ from process_manager.bundle import Bundle, Status
 from tasks.celery_app import store as run_store
 from tasks.schema_guard import bundle_id_of, defer_s
 from tests.e2e.api_server import api_server
+from tests.e2e.test_cli import vip_bundles
 from tests.factories import fresh_bundle
 from vip_bundles import local_stack
 
@@ -154,10 +155,15 @@ def test_the_http_door_leaves_a_newer_bundle_to_a_newer_door():
     try:
         with api_server() as url:
             answer = httpx.get(f"{url}/vip-bundles/{bundle.vip_bundle_id}")
+        shown = vip_bundles("status", bundle.vip_bundle_id)
     finally:
         forget(run_store(), bundle)  # the run's other tests meet no newer bundle
     assert answer.status_code == 503 and answer.headers["retry-after"]
     assert answer.json()["errors"][0]["field"] == "schema_version"
+    # The CLI says so in one line, no traceback.
+    assert shown.returncode == 1
+    (line,) = shown.stderr.strip().splitlines()
+    assert f"schema version {versions.DOCUMENT + 1}" in line and "newer release" in line
 
 
 def forget(store: BundleStore, bundle: Bundle) -> None:
