@@ -15,7 +15,7 @@ from process_manager.bundle import Bundle, Status
 from process_manager.messages import CancelVipBundle, Event, InvalidRequest, parse_cancel
 from tasks.archive import archive
 from tasks.celery_app import app, store
-from tasks.saga import take_up
+from tasks.take_up import take_up
 
 log = get_task_logger(__name__)
 

@@ -4,7 +4,7 @@ It works from the stored state only. A bundle in flight with no transition for
 `STALE_AFTER_S` gets the rest of its chain (or its pending undos) sent again; the steps are
 idempotent, so a step that was merely slow is not done twice. A parked bundle
 (`compensation_failed`) is taken up again after a backoff that doubles with each failure, into
-the rollback or the cancellation it was parked from. Both go through `tasks.saga.take_up`, the
+the rollback or the cancellation it was parked from. Both go through `tasks.take_up.take_up`, the
 same function as an operator's resume.
 """
 
@@ -18,9 +18,9 @@ from adapters.settings import get_settings
 from process_manager.bundle import Bundle, Status
 from process_manager.versions import NewerSchema
 from tasks.celery_app import app, store
-from tasks.saga import take_up
 from tasks.schema_guard import note_newer
 from tasks.steps import log
+from tasks.take_up import take_up
 
 FORWARD = (Status.INITIALIZED, Status.BOOKING_MADE, Status.INBOUND_BOOKED, Status.RETURN_BOOKED)
 # Statuses in which a bundle left alone for STALE_AFTER_S is taken up, and what that counts as.

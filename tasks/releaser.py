@@ -24,7 +24,7 @@ from adapters.partner_gate import PARTNER_PREFIXES
 from adapters.settings import get_settings
 from process_manager.bundle import FINAL
 from tasks.celery_app import app, deferred_steps, store
-from tasks.saga import take_up
+from tasks.take_up import take_up
 
 log = logging.getLogger(__name__)
 

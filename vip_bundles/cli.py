@@ -314,7 +314,7 @@ def resume(vip_bundle_id: str) -> None:
 
     from process_manager.bundle import FINAL
     from tasks.archive import finder
-    from tasks.saga import take_up
+    from tasks.take_up import take_up
 
     bundle = finder().get(vip_bundle_id)  # an archived one is final: refused
     if bundle is None:

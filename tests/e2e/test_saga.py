@@ -165,8 +165,8 @@ def test_a_show_booking_given_up_in_doubt_is_resolved_and_refunded(saga: Saga, s
     the tickets from the seller's first answer, and refunds them."""
     from adapters.partners import Partners
     from process_manager import saga as rules
-    from tasks.saga import take_up
     from tasks.steps import show_booking
+    from tasks.take_up import take_up
 
     body = request()
     seats = saga.sim.show_seats(body["show_id"])

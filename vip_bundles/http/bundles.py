@@ -192,7 +192,7 @@ def resume_vip_bundle(vip_bundle_id: str, request: Request) -> JSONResponse:
     """Take a bundle up now: a parked one is resumed, one in flight has its next step (or
     pending undos) sent again. Recorded in its history with who asked."""
     from tasks.archive import finder
-    from tasks.saga import take_up
+    from tasks.take_up import take_up
 
     bundle = finder().get(vip_bundle_id)
     if bundle is None or not visible(bundle, tenant_of(request.state)):
