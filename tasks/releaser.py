@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from functools import cache
 from typing import Any
 
 from celery import bootsteps
@@ -32,7 +33,10 @@ TICK_S = 0.2
 PER_TICK_WITHOUT_QUOTA = 50
 
 
+@cache
 def per_tick(partner: str) -> int:
+    """How many of a partner's waiting bundles one tick takes: about what its quota lets
+    through in a tick (settings are read once per process, so this is too)."""
     rate = get_settings().rate_limits.get(partner)
     return PER_TICK_WITHOUT_QUOTA if rate is None else max(1, math.ceil(rate * TICK_S))
 
