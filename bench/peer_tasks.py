@@ -15,12 +15,14 @@ celery-saga installed (it is in the `dev` extra) it registers nothing.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from functools import cache
 from typing import Any
 
 import httpx
+from celery.signals import worker_init
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from adapters.settings import get_settings
@@ -80,6 +82,17 @@ def _flight(flow_id: str, leg: str, flight_id: str) -> list[str]:
 
 if Saga is not None:
     set_default_backend(RedisSagaBackend(url=get_settings().redis_url))
+
+    if os.environ.get("BENCH_PEER_CELERY_DEFAULTS"):
+        # The peer on Celery's own delivery defaults, as its README's app would run it: a
+        # message acked when a worker takes it (this app acks after the task ran, and
+        # requeues it if the worker dies: celeryconfig.py). bench/ledger.py --peer-defaults.
+        @worker_init.connect
+        def _acks_early(**_: Any) -> None:
+            for name, task in app.tasks.items():
+                if name.startswith(("celery_saga.", "bench.peer.")):
+                    task.acks_late = False
+                    task.reject_on_worker_lost = False
 
     @app.task(name="bench.peer.refund_show", ignore_result=True)
     def refund_show(compensation_data: dict[str, Any]) -> None:
