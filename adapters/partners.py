@@ -96,8 +96,8 @@ class Partners:
             "timeout": timeout_s,
             "transport": transport,
             # A private CA and a client certificate (PARTNER_*_FILE, adapters/tls.py); default:
-            # httpx's own verification.
-            "verify": verify if verify is not None else True,
+            # httpx's own verification, made once (see `http`).
+            "verify": verify,
             # A thread makes one call at a time: one kept-alive connection is all it needs.
             "limits": httpx.Limits(max_connections=None, max_keepalive_connections=2),
         }
@@ -129,8 +129,15 @@ class Partners:
         """This thread's client (made on its first call)."""
         client: httpx.Client | None = getattr(self._local, "client", None)
         if client is None:
-            client = self._local.client = httpx.Client(**self._options)
             with self._clients_lock:
+                if self._options["verify"] is None:
+                    # One SSL context for every thread's client: given `verify=True`, httpx
+                    # makes a context per client and loads the CA bundle into it, 20-70 ms of
+                    # CPU holding the GIL, paid by the first call of each new thread (the
+                    # undo's side-by-side calls: a rollback in a few hundred waited on it).
+                    # The same context httpx would make (SSL_CERT_FILE/DIR, else certifi).
+                    self._options["verify"] = httpx.create_ssl_context()
+                client = self._local.client = httpx.Client(**self._options)
                 self._clients.append(client)
         return client
 

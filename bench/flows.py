@@ -70,6 +70,33 @@ class BaselineFlow:
         return out
 
 
+class PeerFlow(BaselineFlow):
+    """Bundles booked with celery-saga (bench/peer_tasks.py); each ends by appending to a
+    stream of its own, as the bare chain's do."""
+
+    def __init__(self, r: redis.Redis, request: dict[str, Any]) -> None:
+        from bench.peer_tasks import done_stream as peer_stream
+
+        super().__init__(r, request)
+        self.stream = peer_stream()
+        newest = r.xrevrange(self.stream, count=1)
+        self.last_id = newest[0][0] if newest else "0-0"
+
+    def send(self) -> tuple[str, float]:
+        from bench.peer_tasks import BUNDLE
+
+        flow_id = uuid.uuid4().hex
+        at = time.time()
+        r = self.request
+        BUNDLE.run(
+            flow_id=flow_id,
+            show_id=r["show_id"],
+            inbound_id=r["inbound_flight_id"],
+            return_id=r["return_flight_id"],
+        )
+        return flow_id, at
+
+
 class SagaFlow:
     """Bundles booked through the Celery door, exactly as an outside service books them."""
 

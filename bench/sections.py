@@ -20,7 +20,7 @@ from typing import Any
 import redis
 
 from bench.floor_tasks import events_stream
-from bench.flows import BaselineFlow, FloorFlow, Flow, SagaFlow, drive
+from bench.flows import BaselineFlow, FloorFlow, Flow, PeerFlow, SagaFlow, drive
 from bench.meter import Cost, Meter
 from bench.profile import sampled
 from bench.seed import stored
@@ -129,6 +129,12 @@ class Bench:
         req = request(return_flight_id or RETURN_ID)
         make = partial(BaselineFlow, self.r, req)
         return self._finished("baseline", "baseline chain", load, make, "send -> last task done")
+
+    def peer(self, load: Load, return_flight_id: str = "") -> Section:
+        """celery-saga 0.1.1 booking the same bundle (bench/peer_tasks.py)."""
+        req = request(return_flight_id or RETURN_ID)
+        make = partial(PeerFlow, self.r, req)
+        return self._finished("peer", "celery-saga", load, make, "saga.run() -> last step done")
 
     def floor(self, load: Load) -> Section:
         """The saga's design without the saga's code (bench/floor_tasks.py): throughput only."""

@@ -27,7 +27,7 @@ from vip_bundles import local_stack
 # celeryconfig's queues (not imported from there: it reads the settings when imported).
 QUEUES = ("vip-bundles", "vip-bundles.booking", "vip-bundles.compensation")
 # As `worker --include`; the probe does nothing unless BENCH_CPU_PROBE is set.
-BASELINE_MODULE = "bench.baseline_tasks,bench.floor_tasks,bench.cpu_probe"
+BASELINE_MODULE = "bench.baseline_tasks,bench.floor_tasks,bench.peer_tasks,bench.cpu_probe"
 
 
 @dataclass

@@ -68,10 +68,12 @@ def test_quick_benchmark_reports_every_section(tmp_path: Path):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("what", ["throughput", "rollback", "floor"])
+@pytest.mark.parametrize("what", ["throughput", "rollback", "floor", "peer"])
 def test_the_ab_comparison_runs(what: str):
+    if what == "peer":
+        pytest.importorskip("celery_saga")  # the `dev` extra
     done = run_bench("bench.ab", what, "--rounds", "1", "--flows", "4", timeout=240)
-    label = "floor / chain" if what == "floor" else what
+    label = {"floor": "floor / chain", "peer": "saga / celery-saga"}.get(what, what)
     assert f"{label} at concurrency 2: median ratio" in done.stdout
 
 
