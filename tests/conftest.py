@@ -53,6 +53,7 @@ os.environ.setdefault("COMPENSATION_RETRY_ATTEMPTS", "3")
 os.environ.setdefault("PARTNER_BREAKER_MAX_OPEN_S", "2")
 
 from collections.abc import Callable, Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from partner_simulator.server import SimulatorClient, SimulatorServer  # noqa: E402
@@ -73,18 +74,27 @@ def archive_url() -> str:
     return ARCHIVE_URL
 
 
-@pytest.fixture
-def claim_db() -> Iterator[Callable[[], str]]:
-    """`claim_db()`: another database of its own (for a second stack: the demo, a scenario)."""
+@contextmanager
+def database_claims() -> Iterator[Callable[[], str]]:
+    """`claim()` inside: another database of its own each time, all released on leaving."""
     claimed: list[local_stack.ClaimedDatabase] = []
 
     def claim() -> str:
         claimed.append(local_stack.claim_database(SERVER_URL))
         return claimed[-1].url
 
-    yield claim
-    for db in claimed:
-        db.release()
+    try:
+        yield claim
+    finally:
+        for db in claimed:
+            db.release()
+
+
+@pytest.fixture
+def claim_db() -> Iterator[Callable[[], str]]:
+    """`claim_db()`: another database of its own (for a second stack: the demo, a scenario)."""
+    with database_claims() as claim:
+        yield claim
 
 
 @pytest.fixture(scope="session")

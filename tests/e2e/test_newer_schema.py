@@ -95,19 +95,12 @@ def fleet(claim_db: Callable[[], str], simulator: SimulatorServer, logdir: Path)
 
 
 @pytest.fixture(scope="module")
-def claim_db(request: pytest.FixtureRequest) -> Iterator[Callable[[], str]]:
-    # Module-scoped twin of tests/conftest.py's `claim_db`.
-    from tests.conftest import SERVER_URL
+def claim_db() -> Iterator[Callable[[], str]]:
+    """tests/conftest.py's `claim_db`, for the whole module (its fleet is module-scoped)."""
+    from tests.conftest import database_claims
 
-    claimed: list[local_stack.ClaimedDatabase] = []
-
-    def claim() -> str:
-        claimed.append(local_stack.claim_database(SERVER_URL))
-        return claimed[-1].url
-
-    yield claim
-    for db in claimed:
-        db.release()
+    with database_claims() as claim:
+        yield claim
 
 
 def test_a_newer_task_message_is_deferred_and_the_bundle_left_untouched(fleet: Fleet):
