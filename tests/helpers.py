@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -82,3 +84,17 @@ def book_args(body: dict) -> list[str]:
     for name in body["passengers"]:
         args += ["--passenger", name]
     return args
+
+
+def cli_in(
+    env: dict[str, str], *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`vip-bundles ARGS` in a process of its own with exactly `env` (a stack of the test's
+    own: its TLS servers, users and files), output captured, wide enough not to wrap."""
+    return subprocess.run(
+        [sys.executable, "-m", "vip_bundles", *args],
+        env={**env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

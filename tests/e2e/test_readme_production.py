@@ -26,7 +26,7 @@ import pytest
 from celery import Celery
 
 from partner_simulator.server import SimulatorServer, tls_options
-from tests.helpers import book_args, request
+from tests.helpers import book_args, cli_in, request
 from tests.tls import CA
 from tests.tls_postgres import tls_postgres
 from tests.tls_redis import tls_redis
@@ -220,16 +220,6 @@ def test_the_production_sections_tls_and_credential_lines_work_as_written(
                 assert "redis-password" not in text and "pg-password" not in text
 
 
-def vip_bundles(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vip_bundles", *args],
-        env={**env, "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-
-
 _DOORS: list[subprocess.Popen[bytes]] = []
 
 
@@ -257,3 +247,7 @@ def _stop_doors() -> Iterator[None]:
     yield
     while _DOORS:
         local_stack.stop_process(_DOORS.pop())
+
+
+def vip_bundles(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return cli_in(env, *args, timeout=90)

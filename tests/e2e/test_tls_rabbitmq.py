@@ -20,7 +20,7 @@ from celery import Celery
 
 from partner_simulator.server import SimulatorServer
 from tests.e2e.test_readme_production import BLOCK, export_lines, run_exports
-from tests.helpers import book_args, request
+from tests.helpers import book_args, cli_in, request
 from tests.outsider import outsider
 from tests.tls import CA
 from tests.tls_rabbitmq import TLSRabbit, tls_rabbitmq
@@ -122,10 +122,4 @@ print(app.send_task("vip_bundle.book", kwargs=request, queue="vip-bundles").get(
 
 
 def vip_bundles(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vip_bundles", *args],
-        env={**env, "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return cli_in(env, *args, timeout=120)

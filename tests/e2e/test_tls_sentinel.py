@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import book_args, request
+from tests.helpers import book_args, cli_in, request
 from tests.needs import missing
 from tests.reliability.sentinel_stack import SentinelStack
 from tests.tls import CA
@@ -86,10 +85,4 @@ def test_a_wrong_ca_for_the_sentinels_stops_at_start_in_one_line(
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vip_bundles", *args],
-        env={**env, "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    return cli_in(env, *args, timeout=180)
