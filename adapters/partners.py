@@ -119,12 +119,6 @@ class Partners:
         )
 
     @property
-    def deadline_s(self) -> float:
-        """Total time one call may take over all its tries."""
-        assert self.policy.deadline_s is not None
-        return self.policy.deadline_s
-
-    @property
     def http(self) -> httpx.Client:
         """This thread's client (made on its first call)."""
         client: httpx.Client | None = getattr(self._local, "client", None)

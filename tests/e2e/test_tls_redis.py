@@ -24,7 +24,7 @@ from celery import Celery
 from partner_simulator.server import SimulatorServer
 from tests.e2e.api_server import start_door
 from tests.e2e.test_outsider_doors import contract_door_line
-from tests.helpers import book_args, request
+from tests.helpers import book_args, cli_in, request
 from tests.outsider import Outsider, outsider
 from tests.tls import CA
 from tests.tls_redis import TLSRedis, tls_redis
@@ -54,18 +54,6 @@ def env_for(redis_url: str, simulator: SimulatorServer, **more: str) -> dict[str
     return env
 
 
-def vip_bundles(
-    env: dict[str, str], *args: str, timeout: float = 60
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "vip_bundles", *args],
-        env={**env, "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def start_worker_on(server_url: str, env: dict[str, str], logdir: Path) -> local_stack.Worker:
     control = Celery(broker=server_url, backend=server_url)
     return local_stack.start_worker(
@@ -84,7 +72,7 @@ def test_the_saga_runs_over_tls_under_exactly_the_readmes_acl(
         beat = local_stack.start_beat(env, tmp_path)
         door = start_door(tmp_path, {**env, "API_KEYS": f"{API_KEY}:book+read+operate+metrics"})
         try:
-            out = vip_bundles(env, *book_args(request()), "--wait")  # the CLI door
+            out = cli_in(env, *book_args(request()), "--wait")  # the CLI door
             assert out.returncode == 0, out.stderr
             assert re.search(r"[0-9a-f-]{36}: finalized", out.stdout), out.stdout
             with door.client(API_KEY) as http:  # the HTTP door
@@ -97,7 +85,7 @@ def test_the_saga_runs_over_tls_under_exactly_the_readmes_acl(
                     time.sleep(0.1)
                 assert http.get("/metrics").status_code == 200
                 assert http.get("/dashboard.json").status_code == 200
-            assert vip_bundles(env, "stats").returncode == 0
+            assert cli_in(env, "stats").returncode == 0
             # Another service, with stock Celery and nothing of ours: the same URL.
             outside_id = str(uuid.uuid4())
             prelude = (
@@ -106,7 +94,7 @@ def test_the_saga_runs_over_tls_under_exactly_the_readmes_acl(
                 f"request = {json.dumps(request(vip_bundle_id=outside_id))}\n"
             )
             caller.run(prelude + contract_door_line(), url)
-            out = vip_bundles(env, "status", outside_id)
+            out = cli_in(env, "status", outside_id)
             assert out.returncode == 0 and "finalized" in out.stdout, out.stdout + out.stderr
             time.sleep(2)  # beat's reconciler and audit run (every second here)
         finally:
@@ -128,14 +116,14 @@ def test_client_certificates_when_the_server_requires_them(
         env = env_for(url, simulator)
         worker = start_worker_on(url, env, tmp_path)
         try:
-            out = vip_bundles(env, *book_args(request()), "--wait")
+            out = cli_in(env, *book_args(request()), "--wait")
             assert out.returncode == 0, out.stderr
             assert "finalized" in out.stdout
         finally:
             worker.stop()
         # Without one, the server ends the handshake: said so, in one line.
         no_cert = env_for(server.url(USER, PASSWORD, db=1, client_cert=False), simulator)
-        out = vip_bundles(no_cert, "stats")
+        out = cli_in(no_cert, "stats")
         assert out.returncode == 1
         assert out.stderr.strip() == (
             "vip-bundles: Redis (REDIS_URL): TLS: the server ended the handshake (does it "
@@ -153,7 +141,7 @@ def test_an_optional_client_certificate_and_the_short_rediss_url(
             server.url(USER, PASSWORD, 1),
             server.url(USER, PASSWORD, 1, client_cert=False),
         ):
-            out = vip_bundles(env_for(url, simulator), "stats")
+            out = cli_in(env_for(url, simulator), "stats")
             assert out.returncode == 0, out.stderr
         short = server.url(USER, PASSWORD, 1, client_cert=False).replace(
             "ssl_cert_reqs=required&", ""
@@ -166,10 +154,10 @@ def test_an_optional_client_certificate_and_the_short_rediss_url(
             cwd=ROOT,
         )
         assert done.stdout.strip().endswith("&ssl_cert_reqs=required"), done.stderr
-        assert vip_bundles(env_for(short, simulator), "stats").returncode == 0
+        assert cli_in(env_for(short, simulator), "stats").returncode == 0
         # ... against the system's CAs when it names none: this server's CA is not one.
         bare = f"rediss://{USER}:{PASSWORD}@localhost:{server.port}/1"
-        out = vip_bundles(env_for(bare, simulator), "stats")
+        out = cli_in(env_for(bare, simulator), "stats")
         assert out.returncode == 1 and "certificate is not trusted" in out.stderr
 
 
@@ -262,12 +250,12 @@ def test_a_bad_certificate_or_credential_stops_the_worker_at_start_in_one_line(
             timeout=60,
         )
         assert beat.returncode == 1 and beat.stderr.strip().splitlines()[-1] == line
-        cli = vip_bundles(env, "status", "00000000-0000-0000-0000-000000000000")
+        cli = cli_in(env, "status", "00000000-0000-0000-0000-000000000000")
         assert (cli.returncode, cli.stderr.strip()) == (
             1,
             f"vip-bundles: Redis (REDIS_URL): {expected}",
         )
-        api = vip_bundles(env, "api", "--port", str(local_stack.free_port()))
+        api = cli_in(env, "api", "--port", str(local_stack.free_port()))
         assert api.returncode == 2
         assert api.stdout.strip() == f"vip-bundles api: Redis (REDIS_URL): {expected}"
         assert password not in cli.stderr + api.stdout + api.stderr
