@@ -9,6 +9,7 @@ benchmark's worker only (with the baseline's tasks); it does nothing unless BENC
 is set, so the figures of a normal run are untouched.
 
     BENCH_CPU_PROBE=build/probe python -m bench.ab floor --rounds 1 --flows 1000 --private-redis
+    BENCH_CPU_PROBE_PARTS=tasks.steps:record,adapters.telemetry:annotate ...   # parts of your own
     python -m bench.cpu_probe build/probe 1008     # us per flow, by side, task and part
 
 The flow count to divide by is each side's, warm-up included (`bench.ab`: rounds x (flows +
@@ -97,7 +98,10 @@ def _install(**_: Any) -> None:
         return
     _installed_in = os.getpid()
     Path(os.environ["BENCH_CPU_PROBE"]).mkdir(parents=True, exist_ok=True)
-    for module, path in PARTS:
+    # BENCH_CPU_PROBE_PARTS="module:Attr.path,...": more parts, for a closer look at one change.
+    named = os.environ.get("BENCH_CPU_PROBE_PARTS", "").split(",")
+    extra = [(part.split(":", 1)[0], part.split(":", 1)[1]) for part in named if ":" in part]
+    for module, path in PARTS + extra:
         _wrap(module, path)
     task_prerun.connect(_on_prerun, weak=False)
     task_postrun.connect(_on_postrun, weak=False)
