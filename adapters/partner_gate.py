@@ -35,12 +35,14 @@ log = logging.getLogger(__name__)
 PARTNER_PREFIXES = ("dead-nation-api", "transportation-api", "payments-api", "receipts-api")
 STATES = ("closed", "half_open", "open")
 
-_ACQUIRE = """
+# A Lua function, so that a step's start script (adapters/store_scripts.py) can ask it in the
+# same round trip as the start: `acquire(key, calls per second, '1' forward / '0' undo)`.
+ACQUIRE_FUNCTION = """
+local function acquire(k, rate_arg, forward_arg)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local k = KEYS[1]
-local rate = tonumber(ARGV[1])
-local forward = ARGV[2] == '1'
+local rate = tonumber(rate_arg)
+local forward = forward_arg == '1'
 local h = redis.call('HMGET', k, 'not_before', 'state', 'probe_at', 'tat', 'open_for',
                      'undo_waits_until', 'failures')
 local not_before = tonumber(h[1]) or 0
@@ -70,7 +72,9 @@ if state ~= 'closed' then
   return {'go', '0', 'half_open', h[7] or '0'}
 end
 return {'go', '0', state, h[7] or '0'}
+end
 """
+_ACQUIRE = ACQUIRE_FUNCTION + "return acquire(KEYS[1], ARGV[1], ARGV[2])\n"
 
 _REPORT = """
 local t = redis.call('TIME')
@@ -129,6 +133,21 @@ class Admission:
 
 
 @dataclass(frozen=True)
+class AdmissionAsk:
+    """`acquire(key, *args)` of ACQUIRE_FUNCTION: the partner's hash and (rate, '1'|'0')."""
+
+    key: str
+    args: tuple[float, str]
+
+
+def admission_of(reply: list[bytes | str]) -> Admission:
+    """An `acquire` reply: (reason, wait, state[, failures])."""
+    reason, wait, state = (_text(v) for v in reply[:3])
+    failures = int(_text(reply[3])) if len(reply) > 3 else 0
+    return Admission(float(wait), reason, state, failures)
+
+
+@dataclass(frozen=True)
 class BreakerPolicy:
     failures: int = 5  # transient failures in a row (fleet-wide) that open the circuit
     open_s: float = 1.0  # first interval between probes
@@ -159,11 +178,13 @@ class PartnerGate:
 
     def acquire(self, partner: str, *, undo: bool) -> Admission:
         """May one call to `partner` go now? Takes a slot of the quota when it may."""
+        ask = self.ask(partner, undo=undo)
+        return admission_of(self._acquire(keys=[ask.key], args=ask.args))
+
+    def ask(self, partner: str, *, undo: bool) -> AdmissionAsk:
+        """`acquire`'s question, for a script that asks it with other work (ACQUIRE_FUNCTION)."""
         rate = self.rate_limits.get(partner, 0.0)
-        reply = self._acquire(keys=[self.key(partner)], args=[rate, "0" if undo else "1"])
-        reason, wait, state = (_text(v) for v in reply[:3])
-        failures = int(_text(reply[3])) if len(reply) > 3 else 0
-        return Admission(float(wait), reason, state, failures)
+        return AdmissionAsk(self.key(partner), (rate, "0" if undo else "1"))
 
     def report(self, partner: str, outcome: str, retry_after_s: float | None = None) -> str:
         """Record a call's outcome ("ok", "fail" or "throttled") and a `Retry-After`, if any.

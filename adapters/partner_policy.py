@@ -34,7 +34,7 @@ from tenacity import (
 
 from adapters.metrics import METER, Meter, partner_of
 from adapters.partner_errors import PartnerBusy, PartnerUnavailable
-from adapters.partner_gate import PartnerGate, parse_retry_after
+from adapters.partner_gate import Admission, PartnerGate, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,15 @@ class CallPolicy:
         self.deadline_s = self.deadline_s or self.attempts * (self.timeout_s + self.max_wait_s)
 
     def call(
-        self, method: str, path: str, try_once: Callable[[float], httpx.Response]
+        self,
+        method: str,
+        path: str,
+        try_once: Callable[[float], httpx.Response],
+        admitted: Admission | None = None,
     ) -> httpx.Response:
         """Run `try_once(timeout)` under the policy; the response of the first try that was
-        answered (any status but 5xx and 429). Raises `PartnerBusy` or `PartnerUnavailable`."""
+        answered (any status but 5xx and 429). Raises `PartnerBusy` or `PartnerUnavailable`.
+        `admitted`: the gate's answer for the first try, when the caller asked it already."""
         assert self.deadline_s is not None
         partner = path.strip("/").split("/", 1)[0]  # the prefix PARTNER_RATE_LIMITS names
         label = partner_of(path)
@@ -88,8 +93,9 @@ class CallPolicy:
         try:
             for attempt in retrying:
                 with attempt:
+                    given, admitted = admitted, None  # the first try's only
                     try:
-                        return self._try(method, path, partner, label, deadline, try_once)
+                        return self._try(method, path, partner, label, deadline, try_once, given)
                     except PartnerBusy as busy:
                         # Only transient failures are retried: a try before this one failed
                         # without an answer.
@@ -113,9 +119,12 @@ class CallPolicy:
         label: str,
         deadline: float,
         try_once: Callable[[float], httpx.Response],
+        admitted: Admission | None = None,
     ) -> httpx.Response:
         gate = self.gate
-        admission = gate.acquire(partner, undo=self.undo) if gate is not None else None
+        admission = admitted
+        if admission is None and gate is not None:
+            admission = gate.acquire(partner, undo=self.undo)
         if admission is not None and admission.wait_s > 0:
             self.meter.partner_call(label, "deferred")  # not made: no failure, no attempt
             raise PartnerBusy(partner, admission.wait_s, admission.reason)

@@ -24,7 +24,7 @@ from adapters.partner_errors import (
     PartnerUnavailable,
     ShowSoldOut,
 )
-from adapters.partner_gate import PartnerGate
+from adapters.partner_gate import Admission, PartnerGate
 from adapters.partner_policy import CallPolicy, RetryAfterPolicy
 
 __all__ = [  # the error family, re-exported: callers catch what a partner call ends in here
@@ -151,6 +151,7 @@ class Partners:
         event_id: str,
         number_of_tickets: int,
         correlation_id: str | None = None,
+        admitted: Admission | None = None,
     ) -> list[str]:
         body = {
             "booking_id": booking_id,
@@ -166,6 +167,7 @@ class Partners:
             correlation_id=correlation_id,
             ok=(200, 201),
             on_409=ShowSoldOut(f"show {event_id}: not enough seats left"),
+            admitted=admitted,
         )
         booking = _parse(ShowBooking, reply)
         if len(booking.ticket_ids) != number_of_tickets:
@@ -184,6 +186,7 @@ class Partners:
         reference_id: str,
         idempotency_key: str,
         correlation_id: str | None = None,
+        admitted: Admission | None = None,
     ) -> list[str]:
         body = {
             "customer_email": customer_email,
@@ -200,6 +203,7 @@ class Partners:
             correlation_id=correlation_id,
             ok=(201, 200),
             on_409=NoFlightTicketsAvailable(f"flight {flight_id}: no seats left"),
+            admitted=admitted,
         )
         booking = _parse(FlightBooking, reply)
         if len(booking.ticket_ids) != len(passenger_names):
@@ -293,7 +297,10 @@ class Partners:
         correlation_id: str | None = None,
         on_409: PartnerError | None = None,
         params: dict[str, str] | None = None,
+        admitted: Admission | None = None,
     ) -> Any:
+        """One call under the policy; `admitted`: the gate's answer for the first try, asked
+        already (with the step's start, tasks/steps.py `due_calling`)."""
         headers = {}
         if key is not None:
             headers["Idempotency-Key"] = key
@@ -305,7 +312,7 @@ class Partners:
                 method, path, json=body, headers=headers, params=params, timeout=timeout
             )
 
-        response = self.policy.call(method, path, try_once)
+        response = self.policy.call(method, path, try_once, admitted)
         status = response.status_code
         self.meter.partner_call(partner_of(path), "ok" if status in ok else "refused")
         if status == 409 and on_409 is not None:

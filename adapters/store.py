@@ -12,11 +12,13 @@ import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from redis import Redis
 
 from adapters import store_scripts as scripts
 from adapters import telemetry
+from adapters.partner_gate import Admission, AdmissionAsk, admission_of
 from adapters.redis_connection import NotReplicated, follow_master
 from adapters.store_queries import STARTS, BundleQueries, as_text, bundle_from_hash
 from adapters.store_retention import BundleArchived, BundleRetention
@@ -35,6 +37,15 @@ Decide = Callable[[Bundle], Event | None]
 
 class BundleNotFound(LookupError):
     pass
+
+
+class Started(NamedTuple):
+    """A step's start (`BundleStore.start_all`): the bundle, each step's start count, and the
+    partner gate's answer when it was asked along."""
+
+    bundle: Bundle
+    starts: list[int]
+    admission: Admission | None = None
 
 
 @dataclass(frozen=True)
@@ -222,16 +233,24 @@ class BundleStore(BundleRetention, BundleQueries):
         `BundleNotFound` for an unknown bundle.
         """
         started = self.start_all(bundle_id, [step], runs_in, per_round)
-        return None if started is None else (started[0], started[1][0])
+        return None if started is None else (started.bundle, started.starts[0])
 
     def start_all(
-        self, bundle_id: str, steps: Sequence[str], runs_in: Iterable[str], per_round: bool = False
-    ) -> tuple[Bundle, list[int]] | None:
+        self,
+        bundle_id: str,
+        steps: Sequence[str],
+        runs_in: Iterable[str],
+        per_round: bool = False,
+        admit: AdmissionAsk | None = None,
+    ) -> Started | None:
         """`start` for several steps that one task runs together (a bundle's ticket refunds):
-        one round trip counts a start of each; their counts come back in order."""
+        one round trip counts a start of each; their counts come back in order. `admit`: the
+        partner gate's question, asked in the same round trip when (only when) the step is
+        due; its answer is `Started.admission`."""
         args = [len(steps), *(f"{STARTS}{step}" for step in steps), "1" if per_round else "0"]
-        args.append(versions.DOCUMENT)
-        reply = self._start(keys=[self._bundle_key(bundle_id)], args=[*args, *runs_in])
+        args += [versions.DOCUMENT, *(admit.args if admit else ("", ""))]
+        keys = [self._bundle_key(bundle_id), *([admit.key] if admit else [])]
+        reply = self._start(keys=keys, args=[*args, *runs_in])
         if reply is None:
             raise BundleNotFound(f"no vip bundle {bundle_id}")
         if not reply:
@@ -239,10 +258,14 @@ class BundleStore(BundleRetention, BundleQueries):
         if as_text(reply[0]) == "newer":  # nothing counted: a newer release's to run
             newer = int(as_text(reply[1]))
             raise NewerSchema("bundle document", newer, versions.DOCUMENT, bundle_id)
+        admission = None
+        if admit is not None:
+            admission, reply = admission_of(reply[:4]), reply[4:]
         fields, flat = [as_text(f) for f in reply[: len(steps)]], reply[len(steps) :]
         bundle = bundle_from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
         assert bundle is not None
-        return bundle, [bundle.starts[field.removeprefix(STARTS)] for field in fields]
+        starts = [bundle.starts[field.removeprefix(STARTS)] for field in fields]
+        return Started(bundle, starts, admission)
 
     def forget_starts(self, bundle_id: str, start_keys: Sequence[str]) -> None:
         """Take back one start of each step: it was turned away before reaching its partner

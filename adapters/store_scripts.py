@@ -3,6 +3,8 @@
 `adapters/store.py` calls them; the key layout they touch is `adapters/store_keys.py`.
 """
 
+from adapters.partner_gate import ACQUIRE_FUNCTION
+
 TRANSITION = """
 -- KEYS: bundle hash, old status index, new status index, events stream,
 --       event counters (hash), this minute's moves (hash), in-flight index,
@@ -62,20 +64,26 @@ end
 return 'ok'
 """
 
-START = """
--- KEYS: bundle hash
+# The step's start asks the partner gate in the same round trip (a forward step's partner call
+# follows at once): one script run a step fewer, on the path every bundle takes.
+START = (
+    ACQUIRE_FUNCTION
+    + """
+-- KEYS: bundle hash, [the partner's gate hash: ask it too]
 -- ARGV: number of steps n, their n start counter fields, '1' if counted per undo round,
---       the newest document schema version the caller reads, statuses the steps may run in...
+--       the newest document schema version the caller reads, the gate's two arguments
+--       ('' '' without one), statuses the steps may run in...
 -- Only in one of those statuses: count one start of each step, return the counter fields
--- followed by the whole hash (doc and counters). Else nothing is counted: {} for "not due",
--- false for "no such bundle", {'newer', version} for a document of a newer schema version
--- (a newer release wrote it: the caller leaves it alone, and no start is spent on it).
+-- followed by the whole hash (doc and counters), behind the gate's answer (4 fields) when
+-- asked. Else nothing is counted and the gate is not asked: {} for "not due", false for "no
+-- such bundle", {'newer', version} for a document of a newer schema version (a newer release
+-- wrote it: the caller leaves it alone, and no start is spent on it).
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == false then return false end
 local n = tonumber(ARGV[1])
 local schema = redis.call('HGET', KEYS[1], 'schema')
 if schema and tonumber(schema) > tonumber(ARGV[n + 3]) then return {'newer', schema} end
-for i = n + 4, #ARGV do
+for i = n + 6, #ARGV do
   if ARGV[i] == status then
     local suffix = ''
     if ARGV[n + 2] == '1' then
@@ -88,11 +96,16 @@ for i = n + 4, #ARGV do
     end
     local all = redis.call('HGETALL', KEYS[1])
     for j = #fields, 1, -1 do table.insert(all, 1, fields[j]) end
+    if #KEYS > 1 then
+      local admission = acquire(KEYS[2], ARGV[n + 4], ARGV[n + 5])
+      for j = 4, 1, -1 do table.insert(all, 1, admission[j] or '0') end
+    end
     return all
   end
 end
 return {}
 """
+)
 
 # Moves the audit cursor forward only: a slow audit run finishing after a later one must not
 # send the next run back over what was done (that would only cost time: findings are recorded

@@ -3,9 +3,10 @@
 The saga's shape (an intake task whose answer the caller reads, then a chain of three steps,
 each with an error callback) and the Redis work its guarantees need, run by the store's own
 scripts: the creation script; per step a guarded start (status checked, start counted, the
-bundle returned) and a transition (version checked, document, status index and event stream
-written), the return step's transition finalizing too. What it leaves out is everything the
-saga computes: validation, the domain's decisions, parsing and building documents and events.
+partner gate asked, the bundle returned) and a transition (version checked, document, status
+index and event stream written), the return step's transition finalizing too. What it leaves
+out is everything the saga computes: validation, the domain's decisions, parsing and building
+documents and events.
 Each script's arguments are prepared once per process from a real bundle's documents, and
 the scripts are the store's own (`BundleStore` under a prefix of the floor's).
 
@@ -131,12 +132,13 @@ def _transition(bundle_id: str, step: str) -> None:
         raise RuntimeError(f"floor bundle {bundle_id}: version moved")
 
 
-def _start(bundle_id: str, step: str) -> None:
-    """The store's guarded start: the step counted only if the bundle is where it runs."""
+def _start(bundle_id: str, step: str, partner: str) -> None:
+    """The store's guarded start: the step counted only if the bundle is where it runs, and
+    the partner gate asked for the call (no quota: it says go) in the same script."""
     st = floor_store()
     runs_in = _writes()[step].left
-    args = [1, f"starts:{step}", "0", DOCUMENT, runs_in]
-    reply = st._start(keys=[st._bundle_key(bundle_id)], args=args)
+    args = [1, f"starts:{step}", "0", DOCUMENT, 0, "1", runs_in]
+    reply = st._start(keys=[st._bundle_key(bundle_id), f"{st.prefix}partner:{partner}"], args=args)
     if not reply:
         raise RuntimeError(f"floor bundle {bundle_id}: not due for {step}")
 
@@ -153,14 +155,14 @@ def book(bundle_id: str, show_id: str, inbound_id: str, return_id: str) -> dict[
 
 @app.task(name="bench.floor.show", ignore_result=True)
 def show(bundle_id: str, show_id: str) -> None:
-    _start(bundle_id, "show")
+    _start(bundle_id, "show", "dead-nation-api")
     book_show(bundle_id, show_id)
     _transition(bundle_id, "show")
 
 
 @app.task(name="bench.floor.flight", ignore_result=True)
 def flight(bundle_id: str, leg: str, flight_id: str) -> None:
-    _start(bundle_id, leg)
+    _start(bundle_id, leg, "transportation-api")
     book_flight(bundle_id, leg, flight_id)
     _transition(bundle_id, leg)
 

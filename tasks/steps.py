@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from celery.signals import task_postrun, task_prerun
 from celery.utils.log import get_task_logger
 
 from adapters import telemetry
 from adapters.metrics import METER
+from adapters.partner_gate import Admission, AdmissionAsk
 from adapters.settings import get_settings
 from adapters.store import Applied, Decide
 from process_manager import saga
@@ -30,7 +31,7 @@ from process_manager.messages import (
     Leg,
     Step,
 )
-from tasks.celery_app import app, store
+from tasks.celery_app import app, partners, store
 
 log = get_task_logger(__name__)
 PROCESS_MANAGER = "vip_bundle.process_manager.handle_event"
@@ -43,8 +44,18 @@ def due(command: Command) -> Bundle | None:
     no forward step). Past `2 * MAX_STEP_ATTEMPTS` starts (the step's worker died every time:
     a failure that ends normally gives up at MAX_STEP_ATTEMPTS) the saga gives up on it.
     """
-    started = due_all([command])
-    return None if started is None else started[0]
+    started = _start([command])
+    return None if started is None else started.bundle
+
+
+def due_calling(command: BookShowTickets | BookFlight) -> tuple[Bundle, Admission | None] | None:
+    """`due` for a forward step about to call its partner: the same script also asks the
+    partner gate (adapters/partner_gate.py) for the call's first try, so the happy path pays
+    one round trip, not two. The gate's answer goes to the call (`admitted=`)."""
+    gate = partners().policy.gate
+    ask = gate.ask(PARTNER_OF_STEP[type(command)], undo=False) if gate is not None else None
+    started = _start([command], ask)
+    return None if started is None else (started.bundle, started.admission)
 
 
 C = TypeVar("C", bound=Command)
@@ -53,6 +64,17 @@ C = TypeVar("C", bound=Command)
 def due_all(commands: Sequence[C]) -> tuple[Bundle, list[C]] | None:
     """`due` for commands of one kind that one task runs together (a bundle's ticket refunds):
     one round trip counts a start of each. The bundle and those still to be done, or None."""
+    started = _start(commands)
+    return None if started is None else (started.bundle, started.todo)
+
+
+class _Due(NamedTuple):
+    bundle: Bundle
+    todo: list[Any]
+    admission: Admission | None
+
+
+def _start(commands: Sequence[C], admit: AdmissionAsk | None = None) -> _Due | None:
     first = commands[0]
     name, bundle_id = type(first).__name__, first.vip_bundle_id
     started = store().start_all(
@@ -60,13 +82,14 @@ def due_all(commands: Sequence[C]) -> tuple[Bundle, list[C]] | None:
         [saga.step_name(c) for c in commands],
         saga.runs_in(first),
         per_round=saga.counted_per_round(first),
+        admit=admit,
     )
-    todo = [] if started is None else [c for c in commands if saga.is_pending(started[0], c)]
+    todo = [] if started is None else [c for c in commands if saga.is_pending(started.bundle, c)]
     if started is None or not todo:
         telemetry.annotate(id=bundle_id, step=name, outcome="skipped")
         log.info("%s: skipped, bundle %s is not due for it", name, bundle_id)
         return None
-    bundle, starts = started
+    bundle, starts = started.bundle, started.starts
     telemetry.annotate(
         bundle,
         step=name,
@@ -81,7 +104,7 @@ def due_all(commands: Sequence[C]) -> tuple[Bundle, list[C]] | None:
         _give_up(*worn[0])  # an undo parks the whole bundle: once is enough
         return None
     log.info("%s %s", name, bundle_id)  # which worker ran which bundle's step
-    return bundle, todo
+    return _Due(bundle, todo, started.admission)
 
 
 # The partner (its path prefix, as PARTNER_RATE_LIMITS names it) each forward step waits on.

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from adapters.partner_gate import PartnerGate
 from adapters.store import BundleNotFound, BundleStore
 from process_manager import saga, transition
 from process_manager.bundle import Bundle, Status
@@ -239,3 +240,26 @@ def test_a_parked_bundles_retry_rounds_do_not_grow_its_document(store: BundleSto
     assert store.count(Status.COMPENSATION_FAILED) == 1 and store.count(Status.ROLLING_BACK) == 0
     assert sizes[-1] - sizes[2] < 50  # a counter grows, not the history
     assert store.recent_moves()["compensation_failed>rolling_back"] == 20
+
+
+def test_a_step_start_asks_the_partner_gate_in_the_same_round_trip(store: BundleStore):
+    # One quota slot a second: the start that is due takes it (and says "go"); a second start
+    # is told to wait; a start that is not due (a cancelling bundle) never asks the gate.
+    gate = PartnerGate(store.redis, store.prefix, {"dead-nation-api": 1.0})
+    command = BookShowTickets(vip_bundle_id=created(store).vip_bundle_id)
+    ask = gate.ask("dead-nation-api", undo=False)
+    step, runs_in = saga.step_name(command), saga.runs_in(command)
+    first = store.start_all(command.vip_bundle_id, [step], runs_in, admit=ask)
+    assert first is not None and first.starts == [1]
+    assert first.admission is not None
+    assert (first.admission.reason, first.admission.wait_s) == ("go", 0.0)
+    second = store.start_all(command.vip_bundle_id, [step], runs_in, admit=ask)
+    assert second is not None and second.admission is not None
+    assert second.admission.reason == "quota" and 0 < second.admission.wait_s <= 1.0
+    tat = gate.state("dead-nation-api")["tat"]
+    cancelled = created(store)
+    cancel = saga.cancel(cancelled, "test")
+    store.apply(cancelled.vip_bundle_id, lambda b: cancel)  # type: ignore[arg-type,return-value]
+    idle = BookShowTickets(vip_bundle_id=cancelled.vip_bundle_id)
+    assert store.start_all(idle.vip_bundle_id, [step], runs_in, admit=ask) is None
+    assert gate.state("dead-nation-api")["tat"] == tat  # no slot taken
