@@ -112,6 +112,11 @@ def check_clients(settings: Settings) -> list[tuple[str, Redis]]:
     ]
 
 
+def sentinel_managed(client: Redis) -> bool:
+    """Whether the client finds its master through sentinels."""
+    return isinstance(client.connection_pool, SentinelConnectionPool)
+
+
 def follow_master(client: Redis) -> None:
     """Ask the sentinels who the master is now (a no-op without them). A master just demoted
     by a failover still takes writes until the sentinels reconfigure it, and those writes are

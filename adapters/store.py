@@ -9,6 +9,7 @@ racing on one bundle cannot both win: the loser re-reads and re-decides.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from redis import Redis
 from adapters import store_scripts as scripts
 from adapters import telemetry
 from adapters.partner_gate import Admission, AdmissionAsk, admission_of
-from adapters.redis_connection import NotReplicated, follow_master
+from adapters.redis_connection import NotReplicated, follow_master, sentinel_managed
 from adapters.store_queries import STARTS, BundleQueries, as_text, bundle_from_hash
 from adapters.store_retention import BundleArchived, BundleRetention
 from process_manager import saga, transition, versions
@@ -63,6 +64,7 @@ class BundleStore(BundleRetention, BundleQueries):
         self.prefix = prefix
         self.stream = f"{prefix}events"
         self.stream_maxlen = stream_maxlen
+        self._local = threading.local()  # what this thread's last creation saw
         self._transition = redis.register_script(scripts.TRANSITION)
         self._start = redis.register_script(scripts.START)
         self._advance = redis.register_script(scripts.ADVANCE_CURSOR)
@@ -200,15 +202,17 @@ class BundleStore(BundleRetention, BundleQueries):
                 self.status_key(old.status if old else new.status, new.tenant),
                 self.status_key(new.status, new.tenant),
             ]
-        result = self._transition(keys=keys, args=args)
-        if result in (b"ok", "ok"):
+        result = as_text(self._transition(keys=keys, args=args))
+        if result == "ok" or result.startswith("ok:"):
+            if old is None:  # for confirm_replicated, in this thread: no replica to wait for
+                self._local.unreplicated = new.vip_bundle_id if result == "ok:0" else None
             return True
         # Retried after a failover cut the reply off, a transition finds its own write done:
         # the version it set, with its document. That write is ours, not a lost race. (A
         # creation retried so answers "exists"; the reconciler then starts its chain.)
         return (
             old is not None
-            and as_text(result) == str(new.version)
+            and result == str(new.version)
             and as_text(self.redis.hget(keys[0], "doc") or b"") == args[2]
         )
 
@@ -299,6 +303,15 @@ class BundleStore(BundleRetention, BundleQueries):
         The check runs on the master the sentinels name now: a write that went to a former
         master after its replica was promoted is missing there, and is not confirmed.
         """
+        if (
+            version == 1
+            and getattr(self._local, "unreplicated", None) == bundle_id
+            and not sentinel_managed(self.redis)
+        ):
+            # Created by this thread just now, and the creating script saw no replica: the
+            # answer this check would get, without its round trip. (With sentinels the check
+            # still runs: the master may have changed since.)
+            return
         follow_master(self.redis)
         key, marker = self._bundle_key(bundle_id), f"{self.prefix}replication-marker"
         pipe = self.redis.pipeline(transaction=False)

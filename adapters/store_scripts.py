@@ -19,6 +19,7 @@ TRANSITION = """
 --       the document's schema version (kept beside it too, for START),
 --       then for each event applied, in order: name, json ('' = not published),
 --       move ('from>to', '' on creation)
+-- Returns 'ok' (on creation 'ok:<connected replicas>'), 'archived', or the version found.
 -- An id whose bundle went to the archive is not created again (idempotency survives it).
 if #KEYS >= 11 and redis.call('HEXISTS', KEYS[11], ARGV[13]) == 1 then return 'archived' end
 local current = redis.call('HGET', KEYS[1], 'version')
@@ -60,6 +61,13 @@ if #KEYS >= 11 then
   redis.call('HSET', KEYS[8], ARGV[12], ARGV[6])
   redis.call('ZADD', KEYS[9], ARGV[9], ARGV[6])
   redis.call('ZADD', KEYS[10], ARGV[9], ARGV[6])
+  -- The creator's next question, "is there a replica to wait for?" (confirm_replicated),
+  -- answered in this round trip: 'ok:<replicas>'. Plain 'ok' where INFO is refused.
+  local info = redis.pcall('INFO', 'replication')
+  if type(info) == 'string' then
+    local replicas = string.match(info, 'connected_slaves:(%d+)')
+    if replicas then return 'ok:' .. replicas end
+  end
 end
 return 'ok'
 """

@@ -28,6 +28,7 @@ from celery.signals import worker_process_init
 
 from adapters.settings import get_settings
 from adapters.store import MOVES_TTL_S, BundleStore
+from adapters.store_queries import as_text
 from bench.baseline_tasks import book_flight, book_show
 from process_manager import saga, transition
 from process_manager.bundle import IN_FLIGHT, Bundle, Status
@@ -128,7 +129,7 @@ def _transition(bundle_id: str, step: str) -> None:
             st._correlation_index(bundle_id),
             st.tomb_key(bundle_id),  # the creation script checks the id was not archived
         ]
-    if st._transition(keys=keys, args=args) not in (b"ok", "ok"):
+    if not as_text(st._transition(keys=keys, args=args)).startswith("ok"):
         raise RuntimeError(f"floor bundle {bundle_id}: version moved")
 
 

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from unittest.mock import patch
 
 import pytest
 
@@ -153,3 +154,16 @@ def test_celery_gets_the_sentinels_in_its_own_form_with_the_database_on_every_ad
     for options in (broker_options, backend_options):
         assert options["master_name"] == "vip-bundles"
         assert options["sentinel_kwargs"] == {"password": "s3cret"}
+
+
+def test_a_creation_seen_without_replicas_is_confirmed_without_another_round_trip(
+    store: BundleStore,
+):
+    # The creating script saw no replica (this Redis has none): the check asks nothing more.
+    fresh = fresh_bundle()
+    store.create(fresh, saga.initialized(fresh))
+    with patch.object(store.redis, "pipeline", side_effect=AssertionError("a round trip")):
+        store.confirm_replicated(fresh.vip_bundle_id, 1, timeout_s=0.2)
+    # Another bundle (or a later version) is still checked.
+    with pytest.raises(NotReplicated):
+        store.confirm_replicated(fresh.vip_bundle_id, 2, timeout_s=0.2)
