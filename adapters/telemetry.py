@@ -7,12 +7,14 @@ Tracing is off unless configured the standard way: on when `OTEL_EXPORTER_OTLP_E
 never imported and the hooks the work calls (`annotate`, `traceparent`, `bundle_span`) return
 at once: the hot path pays one global lookup.
 
-The maintained instrumentations wrap Celery (publish and run spans, trace context in the task
-headers), httpx (a span per partner call, `traceparent` sent to the partner) and the HTTP door
-(ASGI, `vip_bundles/api.py`) from outside; the work only adds the bundle id, step, leg and
-attempt where it knows them. A bundle's trace context is stored on the bundle (`traceparent`),
-so work that starts from the stored state, not from a message (a cancel, the reconciler, an
-operator's resume), joins the bundle's trace (`bundle_span`), linked to the trace that asked.
+The maintained instrumentations wrap httpx (a span per partner call, `traceparent` sent to the
+partner) and the HTTP door (ASGI, `vip_bundles/api.py`) from outside; Celery is wrapped by
+`adapters/celery_tracing.py` (a run span per task, the trace context in the task headers in
+the instrumentation's format, no publish spans: the instrumentation cost more than the rest
+of tracing). The work only adds the bundle id, step, leg and attempt where it knows them. A
+bundle's trace context is stored on the bundle (`traceparent`), so work that starts from the
+stored state, not from a message (a cancel, the reconciler, an operator's resume), joins the
+bundle's trace (`bundle_span`), linked to the trace that asked.
 
 `LOG_FORMAT=json`: one JSON object a line (time, level, logger, message, and when known the
 bundle and correlation ids, the Celery task's name and id, the trace and span ids).
@@ -91,9 +93,9 @@ def setup_tracing(role: str, celery: bool = True) -> bool:
     _tracer = trace.get_tracer("vip_bundles")
     HTTPXClientInstrumentor().instrument(request_hook=_partner_call)
     if celery:
-        from opentelemetry.instrumentation.celery import CeleryInstrumentor
+        from adapters import celery_tracing  # lighter than the instrumentation: see there
 
-        CeleryInstrumentor().instrument()
+        celery_tracing.instrument(provider)
     _on = True
     return True
 
