@@ -293,7 +293,7 @@ def test_a_worker_killed_mid_step_leaves_a_trace_that_joins_up_after_redelivery(
 ):
     """kill -9 while the return flight's call is at the partner: the step's message comes
     back (visibility timeout) to a new worker, whose run of it continues the same trace under
-    the same publish span; what the dead process had not sent is simply missing, and no span
+    the span that sent it; what the dead process had not sent is simply missing, and no span
     is left without its parent."""
     hold_ms, visibility_s = 3000, 5
     with traced_stack(tmp_path, VISIBILITY_TIMEOUT_S=str(visibility_s), HTTP_TIMEOUT_S="10") as st:
@@ -329,7 +329,7 @@ def test_a_worker_killed_mid_step_leaves_a_trace_that_joins_up_after_redelivery(
     show = run_span(spans, "vip_bundle.book_show_tickets", intake)
     inbound = run_span(spans, "vip_bundle.book_flight", show, **{"vip_bundle.leg": "inbound"})
     # The killed run of the return leg never reached the receiver; its redelivery did, as a
-    # child of the same publish span, sent by the inbound leg's run.
+    # child of the inbound leg's run, which sent it.
     back = run_span(spans, "vip_bundle.book_flight", inbound, **{"vip_bundle.leg": "return"})
     assert back.attributes["vip_bundle.attempt"] == 2
     assert back.attributes["vip_bundle.outcome"] == "FlightBooked_v1"

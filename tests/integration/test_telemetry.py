@@ -125,3 +125,58 @@ def test_json_lines_leave_out_celerys_task_arguments():
     line = json.loads(telemetry.JsonLogFormatter().format(record))
     assert line["data"] == {"id": "t-1", "name": "vip_bundle.book"}
     assert {"time", "level", "logger", "message"} <= line.keys()
+
+
+# A partner call through adapters/partner_tracing.py, to a server that answers 409 and echoes
+# the `traceparent` it got: the span is a client span, an error, naming the partner and the
+# bundle, and the partner saw its context.
+PARTNER_CALL = """
+import http.server, json, threading, httpx
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from adapters import partner_tracing
+
+class Sold(http.server.BaseHTTPRequestHandler):
+    def do_PUT(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = (self.headers.get("traceparent") or "").encode()
+        self.send_response(409)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args): pass
+
+server = http.server.HTTPServer(("127.0.0.1", 0), Sold)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+spans = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(spans))
+partner_tracing.instrument(provider.get_tracer("t"), lambda: "b-1")
+url = f"http://127.0.0.1:{server.server_port}/transportation-api/flight-tickets"
+seen = httpx.put(url, json={"passenger": "Ann"}).text
+(span,) = spans.get_finished_spans()
+ctx = span.get_span_context()
+print(span.kind.name, span.name, span.status.status_code.name, json.dumps(dict(span.attributes)))
+print(seen.split("-")[:3] == ["00", f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"])
+"""
+
+
+def test_a_partner_call_is_a_client_span_that_carries_its_context():
+    done = subprocess.run(
+        [sys.executable, "-c", PARTNER_CALL],
+        env=local_stack.celery_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    span, saw = done.stdout.splitlines()
+    assert span.startswith("CLIENT PUT ERROR ")
+    attributes = json.loads(span.removeprefix("CLIENT PUT ERROR "))
+    assert attributes["http.status_code"] == 409
+    assert attributes["vip_bundle.partner"] == "flights"
+    assert attributes["vip_bundle.id"] == "b-1"
+    assert "Ann" not in span  # never the body
+    assert saw == "True"
