@@ -13,8 +13,10 @@ Every worker, beat and door process of a deployment shares a partner (shared/par
   turn (`undo_waits_until`): a customer's refund goes before a new sale.
 
 Both sides are one Lua script each, atomic, on the Redis server's clock (hosts' clocks may
-disagree; the server's is one). On the happy path a call costs one script run (`acquire`);
-`report` runs only when something changed (a failure, a 429, a probe's answer).
+disagree; the server's is one). On the happy path a call costs one script run (`acquire`), and
+a forward step's first call none of its own: its start script asks `acquire` (a Lua function)
+in the same round trip. `report` runs only when something changed (a failure, a 429, a probe's
+answer).
 """
 
 from __future__ import annotations
