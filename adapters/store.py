@@ -88,6 +88,7 @@ class BundleStore(BundleRetention, BundleQueries):
         """Store a new bundle with its first event; (stored bundle, False) if the id exists.
 
         `BundleArchived` if the id names a bundle moved to the archive (its tombstone)."""
+        self._local.unreplicated = None  # set again only if this call creates it
         first = bundle.model_copy(update={"version": 0, "history": []})
         stored = transition.apply_initial(first, event)
         if self._write(None, stored, [(None, event)]):
