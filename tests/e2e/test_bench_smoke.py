@@ -99,6 +99,7 @@ def test_the_ab_comparison_runs_at_partner_speed_on_a_threads_pool():
     assert "cpu ms per flow, saga, workers: median" in done.stdout
 
 
+@pytest.mark.slow  # a whole stack per pool shape (~50 s): in make test-slow, with the scenarios
 @pytest.mark.timeout(600)
 def test_capacity_reports_each_configuration(tmp_path: Path):
     out, tables = tmp_path / "capacity.json", tmp_path / "capacity.md"
