@@ -1,9 +1,9 @@
 """`python -m bench.client_cost`: what one Redis round trip costs the calling process, in CPU.
 
 The saga's lever is its round trips (docs/performance.md, "CPU per bundle"), so this says
-where a round trip's CPU goes: the same command made three ways, in interleaved rounds on one
-connection's worth of a private `redis-server`, timed with `time.thread_time()` (this thread's
-CPU, not the wait for Redis):
+where a round trip's CPU goes: the same command made three ways, in interleaved rounds on a
+private `redis-server`, timed with `time.thread_time()` (this thread's CPU, not the wait for
+Redis):
 
 - `client`: redis-py as the saga calls it (`Redis.ping()`, a registered script with a 2 KB
   argument like a bundle's document): the pool, the retry wrapper, event and metrics hooks;
